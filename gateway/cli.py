@@ -1,0 +1,95 @@
+"""The `llm-gateway` command."""
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.app import create_app
+from gateway.settings import Settings, load_settings
+from registry import EmbeddedRedisError
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-gateway", description="One endpoint in front of many model servers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="address to listen on (GATEWAY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (GATEWAY_PORT, default 8007)")
+    serve.add_argument(
+        "--redis-url",
+        help="redis://, rediss:// or unix:// URL (GATEWAY_REDIS_URL); "
+        "without one an embedded Redis is started",
+    )
+    serve.add_argument(
+        "--data-dir", type=Path, help="data directory of the embedded Redis (GATEWAY_DATA_DIR)"
+    )
+    serve.add_argument("--config", type=Path, help="TOML settings file (GATEWAY_CONFIG)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GATEWAY_LOG_LEVEL)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the command."""
+    args = _parser().parse_args(argv)
+    cli = {
+        "host": args.host,
+        "port": args.port,
+        "redis_url": args.redis_url,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(cli, config_file=args.config)
+    except ValidationError as exc:
+        print(f"llm-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"llm-gateway: cannot read the config file: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    """Run the gateway until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is installed where the platform has it
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            print=lambda _: log.info(
+                "llm-gateway listening on http://%s:%d", settings.host, settings.port
+            ),
+            loop=loop,
+        )
+    except EmbeddedRedisError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

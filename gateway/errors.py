@@ -1,0 +1,182 @@
+"""Every error the gateway answers with, drawn as one tree, and the middleware that renders it.
+
+    GatewayError(status, code, message)
+    ├── BadRequest           400  malformed body (not JSON, not UTF-8)
+    ├── NotFound             404  no such route
+    │   ├── UnknownModel     404  no worker registered for the model
+    │   └── UnknownWorker    404  no worker with that identity
+    ├── MethodNotAllowed     405
+    ├── Conflict             409  worker already registered
+    ├── PayloadTooLarge      413
+    ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
+    ├── UpstreamError        502  the worker answered badly (or could not be reached)
+    ├── Unavailable          503
+    │   ├── NoHealthyWorker  503  the model's pool has no worker to try
+    │   └── StoreUnavailable 503  Redis is unreachable, writes cannot be made
+    └── UpstreamTimeout      504  the worker did not answer in time
+
+Handlers raise; `error_middleware` picks the body shape of the route family: the seed's
+`{"success": false, "msg"}` or OpenAI's `{"error": {"message", "type", "code"}}`.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from registry import DuplicateWorker, RegistryError
+from registry import StoreUnavailable as StoreDown
+from registry import UnknownWorker as NoSuchWorker
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    openai_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status, code, openai_type = 400, "bad_request", "invalid_request_error"
+
+
+class NotFound(GatewayError):
+    status, code, openai_type = 404, "not_found", "invalid_request_error"
+
+
+class UnknownModel(NotFound):
+    code = "model_not_found"
+
+
+class UnknownWorker(NotFound):
+    code = "worker_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, openai_type = 405, "method_not_allowed", "invalid_request_error"
+
+
+class Conflict(GatewayError):
+    status, code, openai_type = 409, "conflict", "invalid_request_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, openai_type = 413, "payload_too_large", "invalid_request_error"
+
+
+class InvalidRequest(GatewayError):
+    status, code, openai_type = 422, "invalid_request", "invalid_request_error"
+
+
+class UpstreamError(GatewayError):
+    status, code, openai_type = 502, "upstream_error", "api_error"
+
+
+class Unavailable(GatewayError):
+    status, code, openai_type = 503, "unavailable", "api_error"
+
+
+class NoHealthyWorker(Unavailable):
+    code = "no_healthy_worker"
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status, code, openai_type = 504, "upstream_timeout", "api_error"
+
+
+def invalid(exc: ValidationError, what: str) -> GatewayError:
+    """Turn a pydantic error into a 400 (not JSON) or 422 (wrong fields) naming each problem."""
+    errors = exc.errors(include_url=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        detail = errors[0]["msg"]
+        return BadRequest(f"{what} is not valid JSON ({detail}); send a JSON object")
+    if any(err["type"] in ("model_type", "model_attributes_type") for err in errors):
+        return InvalidRequest(f"{what} must be a JSON object")
+    problems = []
+    for err in errors[:10]:
+        where = ".".join(str(part) for part in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
+    return InvalidRequest(f"invalid {what}: " + "; ".join(problems))
+
+
+def _from_registry(exc: RegistryError) -> GatewayError:
+    if isinstance(exc, DuplicateWorker):
+        return Conflict(str(exc))
+    if isinstance(exc, NoSuchWorker):
+        return UnknownWorker(str(exc))
+    if isinstance(exc, StoreDown):
+        return StoreUnavailable(str(exc), headers={"Retry-After": "1"})
+    return GatewayError(str(exc))
+
+
+_HTTP = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    cls = _HTTP.get(exc.status)
+    if exc.status == 404:
+        return NotFound(f"no route {request.method} {request.path}; see the README for the API")
+    if exc.status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    if exc.status == 413:
+        return PayloadTooLarge(f"request body is larger than the limit: {exc.text}")
+    if cls is None:
+        err = GatewayError(exc.text or exc.reason)
+        err.status = exc.status  # type: ignore[misc]
+        return err
+    return cls(exc.text or exc.reason)
+
+
+def render(request: web.Request, err: GatewayError) -> web.Response:
+    """Build the error response in the shape of the route family `request` belongs to."""
+    if request.path.startswith("/v1/"):
+        body: object = {
+            "error": {"message": err.message, "type": err.openai_type, "code": err.code}
+        }
+    else:
+        body = {"success": False, "msg": err.message, "code": err.code}
+    return web.Response(
+        status=err.status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as err:
+        return render(request, err)
+    except RegistryError as exc:
+        return render(request, _from_registry(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render(request, _from_http(exc, request))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return render(request, GatewayError("internal gateway error; see the gateway's log"))

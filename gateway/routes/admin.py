@@ -1,0 +1,61 @@
+"""The seed's registry routes: register, list and take workers offline."""
+
+from aiohttp import web
+
+from gateway.routes._body import json_response, parse
+from gateway.state import ROUTER, STORE
+from registry import RegisterRequest, WorkerKey, WorkerRecord
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/server/register")
+async def register(request: web.Request) -> web.Response:
+    """Register a worker (or replace it with "replace": true)."""
+    body = await parse(request, RegisterRequest, "register request")
+    record = WorkerRecord.from_spec(body.spec())
+    change = await request.app[STORE].put(record, replace=body.replace)
+    request.app[ROUTER].apply_local(change)
+    verb = "replace" if body.replace else "register"
+    return json_response(
+        {"success": True, "msg": f"{verb} LLM {record.model_name} succeed!", "id": record.id}
+    )
+
+
+@routes.get("/api/server/workers")
+async def workers(request: web.Request) -> web.Response:
+    """List registered workers (optionally of one model); header values are never shown."""
+    model = request.query.get("model_name")
+    router = request.app[ROUTER]
+    listed = []
+    for worker in router.workers():
+        if model is not None and worker.record.model_name != model:
+            continue
+        entry = worker.record.public()
+        stats = worker.stats
+        entry["stats"] = {
+            "in_flight": stats.in_flight,
+            "successes": stats.successes,
+            "failures": stats.failures,
+            "consecutive_failures": stats.consecutive_failures,
+            "last_error": stats.last_error,
+            "last_error_at": stats.last_error_at,
+        }
+        listed.append(entry)
+    listed.sort(key=lambda e: (e["model_name"], e["registered_at"], e["req_url_template"]))
+    return json_response({"success": True, "data": listed})
+
+
+@routes.post("/api/server/offline")
+async def offline(request: web.Request) -> web.Response:
+    """Remove a worker by its identity (model_name, req_url_template)."""
+    key = await parse(request, WorkerKey, "offline request")
+    change = await request.app[STORE].delete(key.model_name, key.req_url_template)
+    request.app[ROUTER].apply_local(change)
+    return json_response(
+        {
+            "success": True,
+            "msg": f"remove llm worker(model_name={key.model_name}, "
+            f"url={key.req_url_template}) succeed!",
+        }
+    )

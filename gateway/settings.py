@@ -1,0 +1,78 @@
+"""The one settings object: defaults < config file (TOML) < GATEWAY_* env vars < CLI flags."""
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "GATEWAY_"
+
+
+def default_data_dir() -> Path:
+    """Return the per-user data directory (XDG on Linux, Application Support on macOS)."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "llm-gateway"
+    base = os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
+    return Path(base) / "llm-gateway"
+
+
+class Settings(BaseModel):
+    """Everything the gateway can be configured with; built once at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8007
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL; unset starts an embedded server",
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = (
+        "llmgw"
+    )
+    log_level: str = "INFO"
+
+    upstream_max_connections: Annotated[int, Field(ge=1)] = 1000
+    upstream_max_connections_per_worker: Annotated[int, Field(ge=0)] = 0
+    upstream_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    max_tries: Annotated[int, Field(ge=1, le=10)] = 2
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    default_temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+
+    registry_check_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    redis_connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the sources in order of precedence and validate once."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or _env_path(environ.get(ENV_PREFIX + "CONFIG"))
+    if config_file is not None:
+        with open(config_file, "rb") as handle:
+            values.update(tomllib.load(handle))
+    for name in Settings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+    values.update({key: value for key, value in (cli or {}).items() if value is not None})
+    return Settings.model_validate(values)
+
+
+def _env_path(raw: str | None) -> Path | None:
+    return Path(raw) if raw else None
+
+
+__all__ = ["Settings", "ValidationError", "default_data_dir", "load_settings"]

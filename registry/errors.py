@@ -1,0 +1,17 @@
+"""Errors the registry raises; the gateway maps each to an HTTP status."""
+
+
+class RegistryError(Exception):
+    """Base of every registry error."""
+
+
+class DuplicateWorker(RegistryError):
+    """The (model_name, req_url_template) identity is already registered."""
+
+
+class UnknownWorker(RegistryError):
+    """No worker with that identity is registered."""
+
+
+class StoreUnavailable(RegistryError):
+    """Redis could not be reached or answered with an error."""

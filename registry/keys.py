@@ -1,0 +1,35 @@
+"""Every Redis key and channel name the registry uses, in one place.
+
+All keys carry the same hash tag (`{prefix}`), so every multi-key script touches a single
+Redis Cluster slot, and a distinct prefix keeps deployments (or tests) sharing one Redis apart.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    @property
+    def _tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker id -> worker record (JSON)."""
+        return f"{self._tag}:workers"
+
+    def model(self, model_name: str) -> str:
+        """Set: ids of the workers serving `model_name`."""
+        return f"{self._tag}:model:{model_name}"
+
+    @property
+    def version(self) -> str:
+        """Counter bumped by every write; a gap tells a follower it missed an event."""
+        return f"{self._tag}:version"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel carrying one change event per write."""
+        return f"{self._tag}:events"

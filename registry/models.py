@@ -1,0 +1,116 @@
+"""The worker record: what an operator registers, validated once at the edge."""
+
+import hashlib
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from templates import TemplateError, compile_extract, compile_request
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+ModelName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def worker_id(model_name: str, req_url_template: str) -> str:
+    """Return the stable id of the worker identity (model_name, req_url_template)."""
+    digest = hashlib.sha256(f"{model_name}\n{req_url_template}".encode()).hexdigest()
+    return digest[:24]
+
+
+class WorkerSpec(BaseModel):
+    """A worker as an operator describes it (the seed's register body, plus timeout_s)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: ModelName
+    req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
+    req_type: Literal["POST", "GET"] = "POST"
+    header: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    response_extract: Annotated[str, Field(max_length=1024)] = ""
+    owner: Annotated[str, Field(max_length=200)] = ""
+    is_stream: bool = False
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value != value.strip() or _CONTROL.search(value):
+            raise ValueError("model_name must not have surrounding spaces or control characters")
+        return value
+
+    @field_validator("req_type", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("header")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if "\r" in item or "\n" in item:
+                raise ValueError(f"header {name!r} must not contain line breaks")
+        return value
+
+    @model_validator(mode="after")
+    def _templates_compile(self) -> "WorkerSpec":
+        try:
+            compile_request(self.req_type, self.req_url_template, self.header, self.body)
+            compile_extract(self.response_extract)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    @property
+    def worker_id(self) -> str:
+        return worker_id(self.model_name, self.req_url_template)
+
+
+class RegisterRequest(WorkerSpec):
+    """The body of POST /api/server/register: a spec, and whether it may replace one."""
+
+    replace: bool = False
+
+    def spec(self) -> WorkerSpec:
+        return WorkerSpec.model_validate(self.model_dump(exclude={"replace"}))
+
+
+class WorkerRecord(WorkerSpec):
+    """A registered worker as stored in Redis."""
+
+    id: str
+    registered_at: float = Field(default_factory=time.time)
+
+    @classmethod
+    def from_spec(cls, spec: WorkerSpec) -> "WorkerRecord":
+        return cls(id=spec.worker_id, **spec.model_dump())
+
+    def public(self) -> dict[str, Any]:
+        """Return the record as a listing shows it: header values are write-only."""
+        data = self.model_dump(exclude={"header"})
+        data["header"] = {name: "***" for name in self.header}
+        return data
+
+
+class WorkerKey(BaseModel):
+    """The identity of a worker (body of POST /api/server/offline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: ModelName
+    req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Change(BaseModel):
+    """One change event: a record put (registered or replaced) or deleted."""
+
+    v: int
+    op: Literal["put", "del"]
+    id: str
+    record: WorkerRecord | None = None

@@ -1,0 +1,230 @@
+"""Compile a worker's request template once; render it per request by joining bytes.
+
+The body is serialised once at compile time with a unique marker where each placeholder
+stands, then cut at the markers. Rendering a request is a join of the fixed byte segments
+with the JSON encoding of each value, so no template walk, no string scan and no second
+substitution happens per request (a prompt that contains `{MODEL_NAME}` stays literal).
+"""
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from yarl import URL
+
+from templates import placeholders
+from templates.errors import TemplateError
+
+Values = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    name: str
+    typed: bool  # the whole JSON string was this placeholder: insert the value's own JSON type
+
+
+@dataclass(frozen=True, slots=True)
+class TextTemplate:
+    """A string (URL or header value) with placeholders substituted as text."""
+
+    parts: tuple[str | _Slot, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if isinstance(p, _Slot))
+
+    def render(self, values: Values, *, url_encode: bool = False) -> str:
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            text = _as_text(values.get(part.name))
+            out.append(quote(text, safe="") if url_encode else text)
+        return "".join(out)
+
+
+def compile_text(text: str) -> TextTemplate:
+    """Split `text` at its placeholders."""
+    parts: list[str | _Slot] = []
+    pos = 0
+    for start, end, name in placeholders.find(text):
+        if start > pos:
+            parts.append(text[pos:start])
+        parts.append(_Slot(name, typed=False))
+        pos = end
+    if pos < len(text):
+        parts.append(text[pos:])
+    return TextTemplate(tuple(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTemplate:
+    """A JSON body as fixed byte segments with slots between them."""
+
+    segments: tuple[bytes | _Slot, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.segments if isinstance(s, _Slot))
+
+    def render(self, values: Values) -> bytes:
+        out: list[bytes] = []
+        for seg in self.segments:
+            if isinstance(seg, bytes):
+                out.append(seg)
+            elif seg.typed:
+                out.append(orjson.dumps(values.get(seg.name)))
+            else:
+                # The JSON encoding of the text without its quotes: it sits inside a string.
+                out.append(orjson.dumps(_as_text(values.get(seg.name)))[1:-1])
+        return b"".join(out)
+
+
+def compile_body(body: Any) -> BodyTemplate:
+    """Compile a JSON-compatible body (dicts and lists at any depth) into segments."""
+    try:
+        fixed = orjson.dumps(body)
+    except TypeError as exc:
+        raise TemplateError(f"body is not JSON-serialisable: {exc}") from exc
+    nonce = secrets.token_hex(8)
+    while nonce.encode() in fixed:  # pragma: no cover - 64 random bits
+        nonce = secrets.token_hex(8)
+    slots: list[_Slot] = []
+
+    def marker(index: int) -> str:
+        return f"@@{nonce}:{index}@@"
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: mark(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [mark(item) for item in value]
+        if not isinstance(value, str):
+            return value
+        found = placeholders.find(value)
+        if not found:
+            return value
+        if len(found) == 1 and found[0][0] == 0 and found[0][1] == len(value):
+            slots.append(_Slot(found[0][2], typed=True))
+            return marker(len(slots) - 1)
+        pieces: list[str] = []
+        pos = 0
+        for start, end, name in found:
+            pieces.append(value[pos:start])
+            slots.append(_Slot(name, typed=False))
+            pieces.append(marker(len(slots) - 1))
+            pos = end
+        pieces.append(value[pos:])
+        return "".join(pieces)
+
+    marked = orjson.dumps(mark(body))
+    pattern = re.compile(
+        rb'"@@' + nonce.encode() + rb":(\d+)@@\"|@@" + nonce.encode() + rb":(\d+)@@"
+    )
+    segments: list[bytes | _Slot] = []
+    pos = 0
+    for match in pattern.finditer(marked):
+        if match.start() > pos:
+            segments.append(marked[pos : match.start()])
+        segments.append(slots[int(match.group(1) or match.group(2))])
+        pos = match.end()
+    if pos < len(marked):
+        segments.append(marked[pos:])
+    return BodyTemplate(tuple(segments))
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """Everything needed to turn request values into the worker's HTTP request."""
+
+    method: str
+    url: TextTemplate
+    headers: tuple[tuple[str, TextTemplate], ...]
+    body: BodyTemplate | None
+
+    def render(self, values: Values) -> RenderedRequest:
+        headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
+        body = self.body.render(values) if self.body is not None else None
+        return RenderedRequest(self.method, self.url.render(values, url_encode=True), headers, body)
+
+
+def compile_request(
+    method: str, url: str, headers: Mapping[str, str], body: Any | None
+) -> RequestPlan:
+    """Check and compile a worker's request template; raise TemplateError naming what is wrong."""
+    method = method.upper()
+    if method not in ("POST", "GET"):
+        raise TemplateError(f"req_type must be POST or GET, not {method!r}")
+    url_tpl = compile_text(url)
+    placeholders.check_known(set(url_tpl.names), "req_url_template")
+    _check_url(url_tpl)
+    header_tpls: list[tuple[str, TextTemplate]] = []
+    for name, value in headers.items():
+        tpl = compile_text(value)
+        placeholders.check_known(set(tpl.names), f"header {name!r}")
+        header_tpls.append((name, tpl))
+    if not any(name.lower() == "content-type" for name, _ in header_tpls) and method == "POST":
+        header_tpls.append(("Content-Type", TextTemplate(("application/json",))))
+    body_tpl: BodyTemplate | None = None
+    if method == "POST":
+        if body is None:
+            raise TemplateError("a POST worker needs a body containing {USER_PROMPT}")
+        body_tpl = compile_body(body)
+        placeholders.check_known(set(body_tpl.names), "body")
+        if placeholders.USER_PROMPT not in body_tpl.names:
+            raise TemplateError(
+                "body has no {USER_PROMPT} placeholder: put it where the worker expects the "
+                'prompt, e.g. {"input": "{USER_PROMPT}"}'
+            )
+    else:
+        if body:
+            raise TemplateError(
+                "req_type GET sends no body: put {USER_PROMPT} in req_url_template instead"
+            )
+        where = set(url_tpl.names).union(*(tpl.names for _, tpl in header_tpls))
+        if placeholders.USER_PROMPT not in where:
+            raise TemplateError(
+                "a GET worker needs {USER_PROMPT} in req_url_template, "
+                "e.g. http://host/generate?q={USER_PROMPT}"
+            )
+    return RequestPlan(method, url_tpl, tuple(header_tpls), body_tpl)
+
+
+def _check_url(tpl: TextTemplate) -> None:
+    sample = tpl.render({name: "x" for name in tpl.names}, url_encode=True)
+    try:
+        parsed = URL(sample)
+    except ValueError as exc:
+        raise TemplateError(f"req_url_template is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise TemplateError(
+            "req_url_template must be an absolute http:// or https:// URL with a host, "
+            f"got {tpl.render({}, url_encode=False)!r}"
+        )
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _header_safe(value: str) -> str:
+    # A prompt placed in a header must not be able to end the header and start another.
+    return value.replace("\r", " ").replace("\n", " ")
