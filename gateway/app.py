@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import error_middleware
 from gateway.router import Router
-from gateway.routes import admin, probes, seed
+from gateway.routes import admin, ollama, openai, probes, seed
 from gateway.settings import Settings
 from gateway.state import FOLLOWER, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
 from gateway.upstream import Upstream
@@ -33,6 +33,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([_redis_server, _redis_client, _upstream, _follower])
     app.add_routes(admin.routes)
     app.add_routes(seed.routes)
+    app.add_routes(openai.routes)
+    app.add_routes(ollama.routes)
     app.add_routes(probes.routes)
     return app
 

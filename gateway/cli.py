@@ -77,6 +77,8 @@ def serve(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             access_log=None,
+            # A client that goes away cancels its handler, which closes the worker request.
+            handler_cancellation=True,
             print=lambda _: log.info(
                 "llm-gateway listening on http://%s:%d", settings.host, settings.port
             ),

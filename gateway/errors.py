@@ -16,7 +16,8 @@
     └── UpstreamTimeout      504  the worker did not answer in time
 
 Handlers raise; `error_middleware` picks the body shape of the route family: the seed's
-`{"success": false, "msg"}` or OpenAI's `{"error": {"message", "type", "code"}}`.
+`{"success": false, "msg"}`, OpenAI's `{"error": {"message", "type", "code"}}` or Ollama's
+`{"error": "..."}`.
 """
 
 import logging
@@ -146,12 +147,23 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
     return cls(exc.text or exc.reason)
 
 
+def family(path: str) -> str:
+    """Name the route family of `path`: "openai", "ollama" or "seed"."""
+    if path.startswith("/v1/"):
+        return "openai"
+    if path.startswith("/api/") and not path.startswith(("/api/server/", "/api/v1/")):
+        return "ollama"
+    return "seed"
+
+
 def render(request: web.Request, err: GatewayError) -> web.Response:
     """Build the error response in the shape of the route family `request` belongs to."""
-    if request.path.startswith("/v1/"):
-        body: object = {
-            "error": {"message": err.message, "type": err.openai_type, "code": err.code}
-        }
+    kind = family(request.path)
+    body: object
+    if kind == "openai":
+        body = {"error": {"message": err.message, "type": err.openai_type, "code": err.code}}
+    elif kind == "ollama":
+        body = {"error": err.message}
     else:
         body = {"success": False, "msg": err.message, "code": err.code}
     return web.Response(

@@ -14,7 +14,7 @@ from typing import Protocol
 from yarl import URL
 
 from registry import Change, WorkerRecord
-from templates import Extractor, RequestPlan, TemplateError, compile_extract, compile_request
+from templates import TemplateError, WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ class Worker:
     """A registered worker compiled for the hot path."""
 
     record: WorkerRecord
-    plan: RequestPlan
-    extractor: Extractor
+    plan: WorkerPlan
     label: str  # scheme://host:port/path, safe to show (no query, no credentials)
     stats: WorkerStats = field(default_factory=WorkerStats)
 
@@ -57,12 +56,10 @@ class Worker:
 
     @classmethod
     def compile(cls, record: WorkerRecord, stats: WorkerStats | None = None) -> "Worker":
-        plan = compile_request(record.req_type, record.req_url_template, record.header, record.body)
-        url = URL(plan.url.render({}, url_encode=True))
+        plan = record.compile()
+        url = URL(plan.operations["chat"].plan.url.render({}, url_encode=True))
         label = f"{url.scheme}://{url.host}:{url.port}{url.path}"
-        return cls(
-            record, plan, compile_extract(record.response_extract), label, stats or WorkerStats()
-        )
+        return cls(record, plan, label, stats or WorkerStats())
 
 
 class Balancer(Protocol):

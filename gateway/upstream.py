@@ -1,30 +1,85 @@
-"""Calling workers: render the request, send it on the pooled session, extract the answer.
+"""Calling workers: render the request, send it on the pooled session, read the answer.
 
-`complete` is the one place where aiohttp client errors and timeouts are caught. An attempt
-that fails before anything reached the client (connect error, timeout, 5xx, 429) moves on to
+This is the one place where aiohttp client errors and timeouts are caught. An attempt that
+fails before anything reached the client (connect error, timeout, HTTP 429 or 5xx) moves on to
 the next worker of the pool, up to `max_tries`; the error finally raised lists every attempt.
+Once a stream has begun, nothing is retried: a failure ends it with `StreamBroken`.
+
+A worker is called one of two ways. When it speaks the client's own protocol (an OpenAI
+client and an `openai` worker) the client's body is passed through with only the model name
+changed; otherwise the worker's operation template is rendered and its answer extracted.
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import aiohttp
+import orjson
 
-from gateway.errors import NoHealthyWorker, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NoHealthyWorker,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.router import Pool, Worker
-from templates import ExtractError
+from templates import (
+    MODEL_NAME,
+    STREAM,
+    ExtractError,
+    Operation,
+    OperationName,
+    RenderedRequest,
+    decoder,
+)
+
+Family = Literal["seed", "openai", "ollama"]
+T = TypeVar("T")
 
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A passthrough request's own fault, told to the client as it is (not the worker's failure).
+_CLIENT_STATUS = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One client request as the upstream layer needs it."""
+
+    family: Family
+    op: OperationName
+    values: Mapping[str, Any]  # placeholder values for template rendering
+    body: Mapping[str, Any] | None  # the client's own JSON, for same-protocol workers
+    stream: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    text: str
+    """A complete (non-streamed) answer."""
+
     worker: Worker
     tries: int
     upstream_s: float
+    text: str = ""  # the extracted text (translated calls)
+    value: Any = None  # the extracted JSON value (embeddings)
+    raw: bytes | None = None  # the worker's own JSON body (passthrough calls)
+
+
+class StreamBroken(Exception):
+    """The worker failed after the stream to the client had begun."""
+
+
+class WorkerRejected(GatewayError):
+    """A same-protocol worker refused the client's own request; its status is passed on."""
+
+    openai_type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]
 
 
 class _AttemptFailed(Exception):
@@ -33,6 +88,91 @@ class _AttemptFailed(Exception):
         self.reason = reason
         self.retryable = retryable
         self.timed_out = timed_out
+
+
+class Stream:
+    """An open streamed answer: iterate for text pieces (str) or passthrough bytes."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        response: aiohttp.ClientResponse,
+        op: Operation,
+        passthrough: bool,
+        decoded: bool,
+        rename: bytes | None,
+    ) -> None:
+        self.worker = worker
+        self.passthrough = passthrough
+        self._response = response
+        self._op = op
+        self._decoded = decoded  # the worker streams: decode events; else one whole answer
+        self._rename = rename
+        self._closed = False
+        worker.stats.in_flight += 1
+
+    async def pieces(self) -> AsyncIterator[str | bytes]:
+        """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
+        try:
+            if self.passthrough and self._rename is None:
+                async for chunk in self._response.content.iter_any():
+                    yield chunk
+            elif self._decoded:
+                async for piece in self._decode():
+                    yield piece
+            else:
+                raw = await self._response.read()
+                yield self._op.extractor.extract(raw)
+        except ExtractError as exc:
+            self._fail(str(exc))
+            raise StreamBroken(f"{self.worker.label}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = _describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
+            self._fail(reason)
+            raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
+        self.worker.stats.succeeded()
+
+    async def _decode(self) -> AsyncIterator[str | bytes]:
+        fmt = self._op.stream_format or "sse"
+        events = decoder(fmt)
+        extractor = self._op.stream_extractor
+        done = False
+        async for chunk in self._response.content.iter_any():
+            for payload in events.feed(chunk):
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                if self.passthrough:
+                    yield _reframe(fmt, self._renamed(payload))
+                    continue
+                doc = _loads(payload)
+                if isinstance(doc, dict) and doc.get("error"):
+                    raise ExtractError(f"the worker reported an error: {_error_text(doc)}")
+                text = extractor.text_or_none(doc) if extractor is not None else None
+                if text:
+                    yield text
+            if done:
+                break
+        if self.passthrough and done:
+            yield b"data: [DONE]\n\n"
+
+    def _renamed(self, payload: bytes) -> bytes:
+        doc = _loads(payload)
+        if isinstance(doc, dict) and "model" in doc and self._rename is not None:
+            doc["model"] = self._rename.decode()
+            return orjson.dumps(doc)
+        return payload
+
+    def _fail(self, reason: str) -> None:
+        self.worker.stats.failed(reason)
+
+    async def aclose(self) -> None:
+        """Release the worker's connection (closing it if the answer was not read to the end)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.worker.stats.in_flight -= 1
+        self._response.close()
 
 
 class Upstream:
@@ -44,24 +184,69 @@ class Upstream:
         self._session = session
         self._max_tries = max_tries
         self._max_response_bytes = max_response_bytes
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
 
-    async def complete(self, pool: Pool, values: Mapping[str, Any]) -> Answer:
-        """Get the answer text for `values` from a worker of `pool`, failing over if needed."""
-        candidates = pool.candidates(self._max_tries)
-        if not candidates:
-            raise NoHealthyWorker(
-                f"model {pool.model!r} has no worker to send the request to",
-                headers={"Retry-After": "1"},
-            )
+    async def complete(self, pool: Pool, call: Call) -> Answer:
+        """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
+
+        async def attempt(worker: Worker) -> Answer:
+            started = time.perf_counter()
+            op, passthrough, streamed, request = self._request(worker, call)
+            response = await self._send(worker, request, streamed, passthrough)
+            try:
+                if streamed:
+                    text = await self._collect(response, op)
+                    return Answer(worker, 0, time.perf_counter() - started, text=text)
+                raw = await self._read(response)
+            finally:
+                response.release()
+            elapsed = time.perf_counter() - started
+            if passthrough:
+                return Answer(worker, 0, elapsed, raw=_rename_json(raw, worker, call))
+            try:
+                if call.op == "embedding":
+                    return Answer(worker, 0, elapsed, value=op.extractor.find(orjson.loads(raw)))
+                return Answer(worker, 0, elapsed, text=op.extractor.extract(raw))
+            except (ExtractError, orjson.JSONDecodeError) as exc:
+                raise _AttemptFailed(
+                    f"{exc}; fix the worker or its response_extract", retryable=False
+                ) from exc
+
+        answer, tries = await self._failover(pool, call, attempt, hold=False)
+        return Answer(
+            answer.worker, tries, answer.upstream_s, answer.text, answer.value, answer.raw
+        )
+
+    async def open_stream(self, pool: Pool, call: Call) -> Stream:
+        """Start a streamed answer, failing over until a worker accepts the request."""
+
+        async def attempt(worker: Worker) -> Stream:
+            op, passthrough, streamed, request = self._request(worker, call)
+            response = await self._send(worker, request, streamed, passthrough)
+            rename = None
+            if passthrough and worker.record.upstream_model and call.body is not None:
+                rename = str(call.body.get("model", "")).encode()
+            return Stream(worker, response, op, passthrough, streamed, rename)
+
+        stream, _ = await self._failover(pool, call, attempt, hold=True)
+        return stream
+
+    async def _failover(
+        self,
+        pool: Pool,
+        call: Call,
+        attempt: Callable[[Worker], Awaitable[T]],
+        *,
+        hold: bool,
+    ) -> tuple[T, int]:
+        candidates = self._candidates(pool, call)
         failures: list[str] = []
         timed_out = True
         for tries, worker in enumerate(candidates, start=1):
-            started = time.perf_counter()
             stats = worker.stats
             stats.in_flight += 1
             try:
-                text = await self._attempt(worker, values)
+                result = await attempt(worker)
             except _AttemptFailed as exc:
                 stats.failed(exc.reason)
                 failures.append(f"{worker.label}: {exc.reason}")
@@ -71,8 +256,9 @@ class Upstream:
                 continue
             finally:
                 stats.in_flight -= 1
-            stats.succeeded()
-            return Answer(text, worker, tries, time.perf_counter() - started)
+            if not hold:
+                stats.succeeded()
+            return result, tries
         summary = "; ".join(failures)
         noun = "try" if len(failures) == 1 else f"all {len(failures)} tries"
         message = f"model {pool.model!r}: {noun} failed: {summary}"
@@ -80,19 +266,54 @@ class Upstream:
             raise UpstreamTimeout(message)
         raise UpstreamError(message)
 
-    async def _attempt(self, worker: Worker, values: Mapping[str, Any]) -> str:
-        request = worker.plan.render(values)
+    def _candidates(self, pool: Pool, call: Call) -> list[Worker]:
+        candidates = pool.candidates(self._max_tries)
+        if call.op == "embedding":
+            able = [w for w in pool.workers if "embedding" in w.plan.operations]
+            if not able:
+                raise InvalidRequest(
+                    f"model {pool.model!r} has no worker that serves embeddings; register an "
+                    'openai or ollama preset worker for it ("preset": "openai")'
+                )
+            candidates = [w for w in candidates if w in able] or able[: self._max_tries]
+        if not candidates:
+            raise NoHealthyWorker(
+                f"model {pool.model!r} has no worker to send the request to",
+                headers={"Retry-After": "1"},
+            )
+        return candidates
+
+    def _request(self, worker: Worker, call: Call) -> tuple[Operation, bool, bool, RenderedRequest]:
+        """Return the operation, whether it is a passthrough, whether the answer streams, and
+        the request to send."""
+        op = worker.plan.operations[call.op]
+        record = worker.record
+        streamed = op.streams == "always" or (op.streams == "on_request" and call.stream)
+        if worker.plan.protocol == call.family and call.body is not None:
+            body = dict(call.body)
+            body["model"] = record.served_model
+            if op.streams != "never":
+                body["stream"] = call.stream  # explicit: Ollama streams when it is left out
+            template = op.plan.render({})
+            request = RenderedRequest("POST", template.url, template.headers, orjson.dumps(body))
+            return op, True, streamed, request
+        values = dict(call.values)
+        values[MODEL_NAME] = record.served_model
+        values[STREAM] = streamed
+        return op, False, streamed, op.plan.render(values)
+
+    async def _send(
+        self, worker: Worker, request: RenderedRequest, streaming: bool, passthrough: bool
+    ) -> aiohttp.ClientResponse:
         timeout_s = worker.record.timeout_s
         try:
-            async with self._session.request(
+            response = await self._session.request(
                 request.method,
                 request.url,
                 data=request.body,
                 headers=request.headers,
-                timeout=self._timeout(timeout_s),
-            ) as response:
-                raw = await self._read(response)
-                status = response.status
+                timeout=self._timeout(timeout_s, streaming),
+            )
         except TimeoutError as exc:
             raise _AttemptFailed(
                 f"no answer within {timeout_s:g}s (the worker's timeout_s)",
@@ -105,45 +326,121 @@ class Upstream:
             ) from exc
         except aiohttp.ClientError as exc:
             raise _AttemptFailed(f"bad HTTP exchange ({_describe(exc)})", retryable=True) from exc
-        if status >= 400:
+        if response.status >= 400:
+            try:
+                raw = await response.content.read(2048)
+            except (aiohttp.ClientError, TimeoutError):
+                raw = b""
+            finally:
+                response.release()
             snippet = raw[:200].decode("utf-8", errors="replace")
+            if passthrough and response.status in _CLIENT_STATUS:
+                raise WorkerRejected(response.status, f"the model server refused: {snippet}")
             raise _AttemptFailed(
-                f"worker answered HTTP {status}: {snippet}",
-                retryable=status in _RETRYABLE_STATUS,
+                f"worker answered HTTP {response.status}: {snippet}",
+                retryable=response.status in _RETRYABLE_STATUS,
             )
-        try:
-            return worker.extractor.extract(raw)
-        except ExtractError as exc:
-            raise _AttemptFailed(
-                f"{exc}; fix the worker or its response_extract", retryable=False
-            ) from exc
+        return response
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes
-        if response.content_length is not None and response.content_length > limit:
+        try:
+            if response.content_length is not None and response.content_length > limit:
+                raise _AttemptFailed(
+                    f"response of {response.content_length} bytes is over the {limit}-byte limit",
+                    retryable=False,
+                )
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise _AttemptFailed(
+                        f"response is over the {limit}-byte limit", retryable=False
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except TimeoutError as exc:
             raise _AttemptFailed(
-                f"response of {response.content_length} bytes is over the {limit}-byte limit",
-                retryable=False,
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise _AttemptFailed(f"response is over the {limit}-byte limit", retryable=False)
-            chunks.append(chunk)
-        return b"".join(chunks)
+                "the answer did not finish within the worker's timeout_s",
+                retryable=True,
+                timed_out=True,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise _AttemptFailed(
+                f"the worker broke off its answer ({_describe(exc)})", retryable=True
+            ) from exc
 
-    def _timeout(self, timeout_s: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(timeout_s)
+    async def _collect(self, response: aiohttp.ClientResponse, op: Operation) -> str:
+        """Read a streamed answer to the end and join its text (for a non-streaming client)."""
+        raw = await self._read(response)
+        events = decoder(op.stream_format or "sse")
+        extractor = op.stream_extractor
+        parts: list[str] = []
+        for payload in [*events.feed(raw), *events.close()]:
+            if payload == b"[DONE]":
+                break
+            try:
+                doc = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise _AttemptFailed(
+                    f"a streamed chunk is not JSON ({exc})", retryable=False
+                ) from exc
+            if isinstance(doc, dict) and doc.get("error"):
+                raise _AttemptFailed(
+                    f"the worker reported an error: {_error_text(doc)}", retryable=True
+                )
+            text = extractor.text_or_none(doc) if extractor is not None else None
+            if text:
+                parts.append(text)
+        return "".join(parts)
+
+    def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
+        key = (timeout_s, streaming)
+        timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
+            # A stream may run long; what must not exceed timeout_s is each wait for data.
+            timeout = (
+                aiohttp.ClientTimeout(total=None, sock_read=timeout_s)
+                if streaming
+                else aiohttp.ClientTimeout(total=timeout_s)
+            )
+            self._timeouts[key] = timeout
         return timeout
+
+
+def _rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
+    if not worker.record.upstream_model or call.body is None:
+        return raw
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _AttemptFailed(
+            f"worker answered with something that is not JSON ({exc})", retryable=False
+        ) from exc
+    if isinstance(doc, dict) and "model" in doc:
+        doc["model"] = call.body.get("model")
+    return orjson.dumps(doc)
+
+
+def _reframe(fmt: str, payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n" if fmt == "sse" else payload + b"\n"
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
+
+
+def _error_text(doc: Mapping[str, Any]) -> str:
+    error = doc.get("error")
+    if isinstance(error, Mapping):
+        return str(error.get("message") or error)
+    return str(error)
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "..."
-
-
-__all__ = ["Answer", "Upstream"]

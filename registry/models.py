@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from templates import TemplateError, compile_extract, compile_request
+from templates import TemplateError, WorkerPlan, compile_worker
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -35,6 +35,10 @@ class WorkerSpec(BaseModel):
     owner: Annotated[str, Field(max_length=200)] = ""
     is_stream: bool = False
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    preset: Annotated[str, Field(max_length=64)] | None = None
+    upstream_model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    stream_format: Literal["sse", "ndjson"] | None = None
+    stream_extract: Annotated[str, Field(max_length=1024)] = ""
 
     @field_validator("model_name")
     @classmethod
@@ -61,11 +65,29 @@ class WorkerSpec(BaseModel):
     @model_validator(mode="after")
     def _templates_compile(self) -> "WorkerSpec":
         try:
-            compile_request(self.req_type, self.req_url_template, self.header, self.body)
-            compile_extract(self.response_extract)
+            self.compile()
         except TemplateError as exc:
             raise ValueError(str(exc)) from exc
         return self
+
+    def compile(self) -> WorkerPlan:
+        """Compile the worker's templates; raise TemplateError when they cannot be used."""
+        return compile_worker(
+            url=self.req_url_template,
+            req_type=self.req_type,
+            header=self.header,
+            body=self.body,
+            response_extract=self.response_extract,
+            preset=self.preset,
+            is_stream=self.is_stream,
+            stream_format=self.stream_format,
+            stream_extract=self.stream_extract,
+        )
+
+    @property
+    def served_model(self) -> str:
+        """The model name the worker itself knows (`upstream_model`, else `model_name`)."""
+        return self.upstream_model or self.model_name
 
     @property
     def worker_id(self) -> str:

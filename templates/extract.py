@@ -53,17 +53,33 @@ class Extractor:
         return self.extract_value(doc)
 
     def extract_value(self, doc: Any) -> str:
-        if self.steps is not None:
-            value = _walk(doc, self.steps, self.path)
-        else:
-            matches = self.expr.find(doc)
-            if not matches:
-                raise ExtractError(f"worker response has no value at {self.path!r}")
-            value = matches[0].value
+        """Return the text at the path in a parsed document, or raise ExtractError."""
+        value = self.find(doc)
         if isinstance(value, str):
             return value
         if value is None:
             raise ExtractError(f"worker response has null at {self.path!r}")
+        return orjson.dumps(value).decode()
+
+    def find(self, doc: Any) -> Any:
+        """Return the JSON value at the path (any type), or raise ExtractError."""
+        if self.steps is not None:
+            return _walk(doc, self.steps, self.path)
+        if self.expr is None:
+            return doc
+        matches = self.expr.find(doc)
+        if not matches:
+            raise ExtractError(f"worker response has no value at {self.path!r}")
+        return matches[0].value
+
+    def text_or_none(self, doc: Any) -> str | None:
+        """Return the text at the path, or None when it is absent (as in a stream's last chunk)."""
+        try:
+            value = self.find(doc)
+        except ExtractError:
+            return None
+        if value is None or isinstance(value, str):
+            return value
         return orjson.dumps(value).decode()
 
 

@@ -14,8 +14,15 @@ from templates.errors import TemplateError
 USER_PROMPT: Final = "USER_PROMPT"
 MODEL_TEMPERATURE: Final = "MODEL_TEMPERATURE"
 MODEL_NAME: Final = "MODEL_NAME"
+MESSAGES: Final = "MESSAGES"  # the whole chat message list, as a JSON list
+SYSTEM_PROMPT: Final = "SYSTEM_PROMPT"
+MAX_TOKENS: Final = "MAX_TOKENS"
+STREAM: Final = "STREAM"
+TOP_P: Final = "TOP_P"
 
-KNOWN: Final[frozenset[str]] = frozenset({USER_PROMPT, MODEL_TEMPERATURE, MODEL_NAME})
+KNOWN: Final[frozenset[str]] = frozenset(
+    {USER_PROMPT, MODEL_TEMPERATURE, MODEL_NAME, MESSAGES, SYSTEM_PROMPT, MAX_TOKENS, STREAM, TOP_P}
+)
 
 _TOKEN = re.compile(r"\{([A-Z][A-Z0-9_]*)\}|<([A-Z][A-Z0-9_]*)>")
 

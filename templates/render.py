@@ -65,15 +65,25 @@ def compile_text(text: str) -> TextTemplate:
 
 @dataclass(frozen=True, slots=True)
 class BodyTemplate:
-    """A JSON body as fixed byte segments with slots between them."""
+    """A JSON body as fixed byte segments with slots between them.
+
+    An object member whose whole value is a placeholder is left out when that value is None
+    (a client that gave no `max_tokens` sends no `max_tokens`, rather than `null`). That case
+    takes the slower path of rebuilding the body from `source`; the usual one is a byte join.
+    """
 
     segments: tuple[bytes | _Slot, ...]
+    source: Any
+    optional: frozenset[str]  # names that stand alone as the value of an object member
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(s.name for s in self.segments if isinstance(s, _Slot))
 
     def render(self, values: Values) -> bytes:
+        for name in self.optional:
+            if values.get(name) is None:
+                return orjson.dumps(_substitute(self.source, values))
         out: list[bytes] = []
         for seg in self.segments:
             if isinstance(seg, bytes):
@@ -96,12 +106,17 @@ def compile_body(body: Any) -> BodyTemplate:
     while nonce.encode() in fixed:  # pragma: no cover - 64 random bits
         nonce = secrets.token_hex(8)
     slots: list[_Slot] = []
+    optional: set[str] = set()
 
     def marker(index: int) -> str:
         return f"@@{nonce}:{index}@@"
 
     def mark(value: Any) -> Any:
         if isinstance(value, dict):
+            for item in value.values():
+                whole = _whole(item)
+                if whole is not None:
+                    optional.add(whole)
             return {key: mark(item) for key, item in value.items()}
         if isinstance(value, list):
             return [mark(item) for item in value]
@@ -136,7 +151,46 @@ def compile_body(body: Any) -> BodyTemplate:
         pos = match.end()
     if pos < len(marked):
         segments.append(marked[pos:])
-    return BodyTemplate(tuple(segments))
+    return BodyTemplate(tuple(segments), body, frozenset(optional))
+
+
+def _whole(value: Any) -> str | None:
+    """Return the placeholder name when `value` is a string made of exactly one placeholder."""
+    if not isinstance(value, str):
+        return None
+    found = placeholders.find(value)
+    if len(found) == 1 and found[0][0] == 0 and found[0][1] == len(value):
+        return found[0][2]
+    return None
+
+
+def _substitute(value: Any, values: Values) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            whole = _whole(item)
+            if whole is not None and values.get(whole) is None:
+                continue
+            out[key] = _substitute(item, values)
+        return out
+    if isinstance(value, list):
+        return [_substitute(item, values) for item in value]
+    if not isinstance(value, str):
+        return value
+    whole = _whole(value)
+    if whole is not None:
+        return values.get(whole)
+    found = placeholders.find(value)
+    if not found:
+        return value
+    pieces: list[str] = []
+    pos = 0
+    for start, end, name in found:
+        pieces.append(value[pos:start])
+        pieces.append(_as_text(values.get(name)))
+        pos = end
+    pieces.append(value[pos:])
+    return "".join(pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +239,10 @@ def compile_request(
             raise TemplateError("a POST worker needs a body containing {USER_PROMPT}")
         body_tpl = compile_body(body)
         placeholders.check_known(set(body_tpl.names), "body")
-        if placeholders.USER_PROMPT not in body_tpl.names:
+        if not body_tpl.names & {placeholders.USER_PROMPT, placeholders.MESSAGES}:
             raise TemplateError(
-                "body has no {USER_PROMPT} placeholder: put it where the worker expects the "
-                'prompt, e.g. {"input": "{USER_PROMPT}"}'
+                "body has no {USER_PROMPT} (or {MESSAGES}) placeholder: put it where the worker "
+                'expects the prompt, e.g. {"input": "{USER_PROMPT}"}'
             )
     else:
         if body:

@@ -90,7 +90,7 @@ async def make_gateway(
         }
         values.update(overrides)
         app = create_app(Settings(**values))
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

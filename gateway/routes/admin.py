@@ -2,9 +2,10 @@
 
 from aiohttp import web
 
-from gateway.routes._body import json_response, parse
+from gateway.routes._common import json_response, parse
 from gateway.state import ROUTER, STORE
 from registry import RegisterRequest, WorkerKey, WorkerRecord
+from templates import presets
 
 routes = web.RouteTableDef()
 
@@ -59,3 +60,9 @@ async def offline(request: web.Request) -> web.Response:
             f"url={key.req_url_template}) succeed!",
         }
     )
+
+
+@routes.get("/api/server/presets")
+async def list_presets(request: web.Request) -> web.Response:
+    """Show the built-in presets (protocol, paths and templates) a worker can register with."""
+    return json_response({"success": True, "data": list(presets.all_presets().values())})

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from gateway.routes._body import json_response
+from gateway.routes._common import json_response
 from gateway.state import ROUTER
 
 routes = web.RouteTableDef()

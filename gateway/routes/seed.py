@@ -5,11 +5,10 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import NoHealthyWorker, UnknownModel
-from gateway.router import Pool, Router
-from gateway.routes._body import json_response, parse
+from gateway.routes._common import find_pool, json_response, parse
 from gateway.state import ROUTER, SETTINGS, UPSTREAM
-from templates import MODEL_NAME, MODEL_TEMPERATURE, USER_PROMPT
+from gateway.upstream import Call
+from templates import MESSAGES, MODEL_TEMPERATURE, USER_PROMPT
 
 routes = web.RouteTableDef()
 
@@ -24,22 +23,6 @@ class SeedChatRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
 
 
-def find_pool(router: Router, model: str) -> Pool:
-    """Return the model's pool, or raise 404 (unknown) / 503 (registry not loaded yet)."""
-    pool = router.pool(model)
-    if pool is not None:
-        return pool
-    if not router.loaded:
-        raise NoHealthyWorker(
-            f"the registry is not loaded yet ({router.reason}); retry shortly",
-            headers={"Retry-After": "1"},
-        )
-    raise UnknownModel(
-        f"no worker is registered for model {model!r}; "
-        "GET /api/server/workers lists the registered models"
-    )
-
-
 @routes.post("/api/v1/chat/completions")
 async def chat(request: web.Request) -> web.Response:
     """Send `input` to a worker of `model_name` and answer with the extracted text."""
@@ -51,8 +34,9 @@ async def chat(request: web.Request) -> web.Response:
         temperature = app[SETTINGS].default_temperature
     values = {
         USER_PROMPT: body.input,
+        MESSAGES: [{"role": "user", "content": body.input}],
         MODEL_TEMPERATURE: temperature,
-        MODEL_NAME: body.model_name,
     }
-    answer = await app[UPSTREAM].complete(pool, values)
+    call = Call("seed", "chat", values, None, stream=False)
+    answer = await app[UPSTREAM].complete(pool, call)
     return json_response({"success": True, "msg": "execute succeed", "result": answer.text})

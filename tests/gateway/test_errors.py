@@ -100,7 +100,7 @@ async def test_offline_of_unknown_worker_is_404(client: httpx.AsyncClient) -> No
 
 
 async def test_unknown_route_and_wrong_method(client: httpx.AsyncClient) -> None:
-    assert_seed_error(await client.get("/api/nothing"), 404, "/api/nothing")
+    assert_seed_error(await client.get("/api/server/nothing"), 404, "/api/server/nothing")
     assert_seed_error(await client.get("/api/v1/chat/completions"), 405, "GET")
 
 

@@ -110,6 +110,9 @@ def test_bad_templates_are_refused_with_a_message_naming_the_problem(
     assert needle in str(caught.value)
 
 
-def test_missing_temperature_renders_null_not_a_crash() -> None:
+def test_absent_value_leaves_its_member_out() -> None:
     body = {"p": "{USER_PROMPT}", "t": "{MODEL_TEMPERATURE}", "s": "t={MODEL_TEMPERATURE}"}
-    assert render_body(body, {"USER_PROMPT": "x"}) == {"p": "x", "t": None, "s": "t="}
+    # A member that is exactly an absent value is left out; inside text it is empty.
+    assert render_body(body, {"USER_PROMPT": "x"}) == {"p": "x", "s": "t="}
+    in_list = {"p": "{USER_PROMPT}", "list": ["{MODEL_TEMPERATURE}"]}
+    assert render_body(in_list, {"USER_PROMPT": "x"}) == {"p": "x", "list": [None]}

@@ -1,0 +1,160 @@
+"""What every route family shares: reading JSON bodies, finding a pool, relaying streams."""
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
+from gateway.router import Pool, Router
+from gateway.upstream import Stream, StreamBroken
+from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse(request: web.Request, model: type[M], what: str) -> M:
+    """Read the body and validate it as `model`; 400 when not JSON, 422 when invalid."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest(f"{what} is empty; send a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid(exc, what) from None
+
+
+async def parse_with_raw(
+    request: web.Request, model: type[M], what: str
+) -> tuple[M, dict[str, Any]]:
+    """Like `parse`, also returning the body as a dict (passed through to same-protocol workers)."""
+    raw = await request.read()
+    if not raw:
+        raise BadRequest(f"{what} is empty; send a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{what} must be a JSON object")
+    try:
+        return model.model_validate(data), data
+    except ValidationError as exc:
+        raise invalid(exc, what) from None
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """Serialise `data` with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def find_pool(router: Router, model: str) -> Pool:
+    """Return the model's pool, or raise 404 (unknown) / 503 (registry not loaded yet)."""
+    pool = router.pool(model)
+    if pool is not None:
+        return pool
+    if not router.loaded:
+        raise NoHealthyWorker(
+            f"the registry is not loaded yet ({router.reason}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    raise UnknownModel(
+        f"no worker is registered for model {model!r}; "
+        "GET /api/server/workers (or /v1/models, /api/tags) lists the registered models"
+    )
+
+
+async def relay(
+    request: web.Request,
+    stream: Stream,
+    *,
+    content_type: str,
+    encode: Callable[[str], bytes],
+    finish: bytes,
+    error: Callable[[str], bytes],
+) -> web.StreamResponse:
+    """Send `stream` to the client as it arrives; end with an error event if the worker dies.
+
+    Text pieces are encoded by `encode` and followed by `finish`; bytes (a same-protocol
+    worker's own stream) are relayed untouched, its own end marker included. If the client goes
+    away, the handler is cancelled and the `finally` closes the worker's connection at once.
+    """
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        try:
+            async for piece in stream.pieces():
+                await response.write(piece if isinstance(piece, bytes) else encode(piece))
+            if not stream.passthrough:
+                await response.write(finish)
+        except StreamBroken as exc:
+            await response.write(error(str(exc)))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; closing the worker's side is all there is to do
+    finally:
+        await stream.aclose()
+    return response
+
+
+def content_text(content: Any) -> str:
+    """Return the text of a message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("text")
+        )
+    return ""
+
+
+def chat_values(
+    messages: list[dict[str, Any]],
+    *,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """Placeholder values of a chat request: the last user message is {USER_PROMPT}."""
+    user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
+    return {
+        USER_PROMPT: content_text(user.get("content")) if user is not None else "",
+        SYSTEM_PROMPT: content_text(system.get("content")) if system is not None else None,
+        MESSAGES: messages,
+        MODEL_TEMPERATURE: temperature,
+        TOP_P: top_p,
+        MAX_TOKENS: max_tokens,
+    }
+
+
+def prompt_values(
+    prompt: Any,
+    *,
+    system: str | None = None,
+    temperature: float | None,
+    top_p: float | None,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """Placeholder values of a plain completion request (a prompt, no message list)."""
+    messages = [{"role": "user", "content": prompt}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    values = chat_values(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    values[USER_PROMPT] = prompt
+    return values
+
+
+def vectors(value: Any) -> list[Any]:
+    """Normalise a worker's embeddings (OpenAI `data` objects or Ollama lists) to vectors."""
+    if not isinstance(value, list):
+        return []
+    return [item.get("embedding") if isinstance(item, dict) else item for item in value]

@@ -1,0 +1,212 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+Workers that speak OpenAI get the client's body with only the model renamed, and their
+answers (streamed or not) come back as they are; any other worker's answer is wrapped into
+OpenAI's shapes, its text streamed as chat.completion.chunk events.
+"""
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.routes._common import (
+    chat_values,
+    find_pool,
+    json_response,
+    parse_with_raw,
+    prompt_values,
+    relay,
+    vectors,
+)
+from gateway.state import ROUTER, UPSTREAM
+from gateway.upstream import Answer, Call
+from templates import USER_PROMPT
+
+routes = web.RouteTableDef()
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(ge=0, le=1)]
+Tokens = Annotated[int, Field(ge=1)]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields the gateway reads; every other field is passed on to OpenAI workers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: bool = False
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    stream: bool = False
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: Tokens | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1)]
+    input: str | Annotated[list[str], Field(min_length=1)]
+
+
+@routes.get("/v1/models")
+async def models(request: web.Request) -> web.Response:
+    """List every model that has at least one worker."""
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"}
+        for name in request.app[ROUTER].models()
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Chat with a model, whole or as server-sent events."""
+    body, raw = await parse_with_raw(request, ChatCompletionRequest, "chat completion request")
+    messages = raw["messages"]
+    values = chat_values(
+        messages,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=body.max_tokens or body.max_completion_tokens,
+    )
+    call = Call("openai", "chat", values, raw, stream=body.stream)
+    ident = "chatcmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(
+            {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    def whole(answer: Answer) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+
+    return await _answer(
+        request, body.model, call, whole, lambda text: chunk({"content": text}), chunk({}, "stop")
+    )
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    """Complete a prompt, whole or as server-sent events."""
+    body, raw = await parse_with_raw(request, CompletionRequest, "completion request")
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    values = prompt_values(
+        prompt, temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens
+    )
+    call = Call("openai", "completion", values, raw, stream=body.stream)
+    ident = "cmpl-" + secrets.token_hex(12)
+    created = int(time.time())
+
+    def shape(text: str, finish: str | None) -> dict[str, Any]:
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        }
+
+    return await _answer(
+        request,
+        body.model,
+        call,
+        lambda answer: shape(answer.text, "stop"),
+        lambda text: _sse(shape(text, None)),
+        _sse(shape("", "stop")),
+    )
+
+
+@routes.post("/v1/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    """Embed text with a model whose workers serve embeddings."""
+    body, raw = await parse_with_raw(request, EmbeddingRequest, "embedding request")
+    pool = find_pool(request.app[ROUTER], body.model)
+    call = Call("openai", "embedding", {USER_PROMPT: body.input}, raw, stream=False)
+    answer = await request.app[UPSTREAM].complete(pool, call)
+    if answer.raw is not None:
+        return web.Response(body=answer.raw, content_type="application/json")
+    data = [
+        {"object": "embedding", "index": i, "embedding": vector}
+        for i, vector in enumerate(vectors(answer.value))
+    ]
+    usage = {"prompt_tokens": 0, "total_tokens": 0}
+    return json_response({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+
+async def _answer(
+    request: web.Request,
+    model: str,
+    call: Call,
+    whole: Callable[[Answer], dict[str, Any]],
+    piece: Callable[[str], bytes],
+    finish: bytes,
+) -> web.StreamResponse:
+    pool = find_pool(request.app[ROUTER], model)
+    upstream = request.app[UPSTREAM]
+    if not call.stream:
+        answer = await upstream.complete(pool, call)
+        if answer.raw is not None:
+            return web.Response(body=answer.raw, content_type="application/json")
+        return json_response(whole(answer))
+    stream = await upstream.open_stream(pool, call)
+    return await relay(
+        request,
+        stream,
+        content_type="text/event-stream",
+        encode=piece,
+        finish=finish + b"data: [DONE]\n\n",
+        error=_error_event,
+    )
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _error_event(message: str) -> bytes:
+    error = {"error": {"message": message, "type": "api_error", "code": "upstream_error"}}
+    return _sse(error) + b"data: [DONE]\n\n"
