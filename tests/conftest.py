@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from gateway import Settings, create_app
 from registry import EmbeddedRedis
-from tests.workers import FakeWorker
+from tests.workers import FakeWorker, ProtocolWorker
 
 EXTERNAL_REDIS = os.environ.get("GATEWAY_TEST_REDIS_URL")
 
@@ -124,6 +124,25 @@ async def make_worker() -> AsyncIterator[WorkerFactory]:
 
     async def start(**kwargs: Any) -> FakeWorker:
         worker = FakeWorker(**kwargs)
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop()
+
+
+ProtocolWorkerFactory = Callable[..., Awaitable[ProtocolWorker]]
+
+
+@pytest.fixture
+async def make_protocol_worker() -> AsyncIterator[ProtocolWorkerFactory]:
+    """Start fake OpenAI-compatible or Ollama servers; stopped after the test."""
+    workers: list[ProtocolWorker] = []
+
+    async def start(protocol: str = "openai", **kwargs: Any) -> ProtocolWorker:
+        worker = ProtocolWorker(protocol=protocol, **kwargs)
         await worker.start()
         workers.append(worker)
         return worker
