@@ -3,7 +3,8 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -11,10 +12,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import error_middleware
-from gateway.router import Router
+from gateway.health import HealthChecker, reap_expired
+from gateway.router import Ejection, Router
 from gateway.routes import admin, ollama, openai, probes, seed
 from gateway.settings import Settings
-from gateway.state import FOLLOWER, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
+from gateway.state import FOLLOWER, HEALTH, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
 from gateway.upstream import Upstream
 from registry import EmbeddedRedis, Follower, RegistryStore
 
@@ -29,8 +31,10 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[error_middleware], client_max_size=settings.max_request_bytes
     )
     app[SETTINGS] = settings
-    app[ROUTER] = Router()
-    app.cleanup_ctx.extend([_redis_server, _redis_client, _upstream, _follower])
+    app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
+    app.cleanup_ctx.extend(
+        [_redis_server, _redis_client, _upstream, _follower, _health_checker, _reaper]
+    )
     app.add_routes(admin.routes)
     app.add_routes(seed.routes)
     app.add_routes(openai.routes)
@@ -103,12 +107,40 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     )
     app[SESSION] = session
     app[UPSTREAM] = Upstream(
-        session, max_tries=settings.max_tries, max_response_bytes=settings.max_response_bytes
+        session,
+        max_tries=settings.max_tries,
+        max_response_bytes=settings.max_response_bytes,
+        request_timeout_s=settings.request_timeout_s,
+        ejection=Ejection(
+            settings.eject_after_failures, settings.ejection_base_s, settings.ejection_max_s
+        ),
+        queue_timeout_s=settings.queue_timeout_s,
+        panic=settings.panic_mode,
     )
     try:
         yield
     finally:
         await session.close()
+
+
+@contextlib.asynccontextmanager
+async def _background(
+    name: str, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+) -> AsyncIterator[None]:
+    """Run a loop as a task; stop it with its event and a cancel at shutdown.
+
+    The event is what ends the loop for sure: a cancel that lands inside a Redis call can be
+    absorbed by the client library, and the loop must still stop.
+    """
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop), name=name)
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _follower(app: web.Application) -> AsyncIterator[None]:
@@ -117,18 +149,27 @@ async def _follower(app: web.Application) -> AsyncIterator[None]:
         app[STORE], app[ROUTER], check_interval_s=settings.registry_check_interval_s
     )
     app[FOLLOWER] = follower
-    task = asyncio.create_task(follower.run(), name="registry-follower")
-    # Wait briefly for the first snapshot so a fresh process can route at once.
-    for _ in range(100):
-        if app[ROUTER].loaded or task.done():
-            break
-        await asyncio.sleep(0.02)
-    try:
+    async with _background("registry-follower", follower.run):
+        # Wait briefly for the first snapshot so a fresh process can route at once.
+        for _ in range(100):
+            if app[ROUTER].loaded:
+                break
+            await asyncio.sleep(0.02)
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+
+async def _health_checker(app: web.Application) -> AsyncIterator[None]:
+    checker = HealthChecker(app[STORE], app[ROUTER], app[SESSION], app[SETTINGS])
+    app[HEALTH] = checker
+    async with _background("health-checker", checker.run):
+        yield
+    await checker.stop()
+
+
+async def _reaper(app: web.Application) -> AsyncIterator[None]:
+    store, interval_s = app[STORE], app[SETTINGS].reap_interval_s
+    async with _background("heartbeat-reaper", lambda stop: reap_expired(store, interval_s, stop)):
+        yield
 
 
 def _safe(url: str) -> str:

@@ -9,6 +9,7 @@
     ├── Conflict             409  worker already registered
     ├── PayloadTooLarge      413
     ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
+    ├── Overloaded           429  every worker of the model is at its max_concurrency
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
@@ -76,6 +77,10 @@ class PayloadTooLarge(GatewayError):
 
 class InvalidRequest(GatewayError):
     status, code, openai_type = 422, "invalid_request", "invalid_request_error"
+
+
+class Overloaded(GatewayError):
+    status, code, openai_type = 429, "workers_busy", "rate_limit_error"
 
 
 class UpstreamError(GatewayError):

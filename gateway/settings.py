@@ -5,7 +5,7 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,7 +41,22 @@ class Settings(BaseModel):
     upstream_max_connections: Annotated[int, Field(ge=1)] = 1000
     upstream_max_connections_per_worker: Annotated[int, Field(ge=0)] = 0
     upstream_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
-    max_tries: Annotated[int, Field(ge=1, le=10)] = 2
+    max_tries: Annotated[int, Field(ge=1, le=10)] = 3
+    request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    balancing: Literal["round_robin", "weighted", "least_outstanding"] = "round_robin"
+    panic_mode: bool = False
+    queue_timeout_s: Annotated[float, Field(ge=0)] = 5.0
+    max_queued_per_model: Annotated[int, Field(ge=0)] = 256
+
+    eject_after_failures: Annotated[int, Field(ge=1)] = 3
+    ejection_base_s: Annotated[float, Field(gt=0)] = 5.0
+    ejection_max_s: Annotated[float, Field(gt=0)] = 300.0
+    probe_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    probe_timeout_s: Annotated[float, Field(gt=0)] = 1.0
+    probe_rise: Annotated[int, Field(ge=1)] = 2
+    probe_fall: Annotated[int, Field(ge=1)] = 2
+    probe_lease_s: Annotated[float, Field(gt=0)] = 5.0
+    reap_interval_s: Annotated[float, Field(gt=0)] = 0.5
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     default_temperature: Annotated[float, Field(ge=0, le=2)] = 0.7

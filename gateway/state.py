@@ -4,6 +4,7 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway.health import HealthChecker
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.upstream import Upstream
@@ -16,3 +17,4 @@ ROUTER = web.AppKey("router", Router)
 FOLLOWER = web.AppKey("follower", Follower)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", Upstream)
+HEALTH = web.AppKey("health", HealthChecker)

@@ -10,6 +10,7 @@ client and an `openai` worker) the client's body is passed through with only the
 changed; otherwise the worker's operation template is rendered and its answer extracted.
 """
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     NoHealthyWorker,
+    Overloaded,
     UpstreamError,
     UpstreamTimeout,
 )
-from gateway.router import Pool, Worker
+from gateway.router import Ejection, Pool, QueueFull, Worker
 from templates import (
     MODEL_NAME,
     STREAM,
@@ -35,6 +37,8 @@ from templates import (
     RenderedRequest,
     decoder,
 )
+
+log = logging.getLogger(__name__)
 
 Family = Literal["seed", "openai", "ollama"]
 T = TypeVar("T")
@@ -83,11 +87,21 @@ class WorkerRejected(GatewayError):
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, reason: str, *, retryable: bool, timed_out: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        timed_out: bool = False,
+        ejectable: bool | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.timed_out = timed_out
+        # Counts toward passive ejection: the worker is down, hung or failing (not a 429, not
+        # an answer the extract path could not read).
+        self.ejectable = retryable if ejectable is None else ejectable
 
 
 class Stream:
@@ -95,14 +109,18 @@ class Stream:
 
     def __init__(
         self,
+        pool: Pool,
         worker: Worker,
         response: aiohttp.ClientResponse,
         op: Operation,
         passthrough: bool,
         decoded: bool,
         rename: bytes | None,
+        ejection: Ejection,
     ) -> None:
         self.worker = worker
+        self._pool = pool
+        self._ejection = ejection
         self.passthrough = passthrough
         self._response = response
         self._op = op
@@ -124,11 +142,11 @@ class Stream:
                 raw = await self._response.read()
                 yield self._op.extractor.extract(raw)
         except ExtractError as exc:
-            self._fail(str(exc))
+            self.worker.stats.failed(str(exc), None)
             raise StreamBroken(f"{self.worker.label}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = _describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
-            self._fail(reason)
+            self.worker.stats.failed(reason, self._ejection)
             raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
         self.worker.stats.succeeded()
 
@@ -163,9 +181,6 @@ class Stream:
             return orjson.dumps(doc)
         return payload
 
-    def _fail(self, reason: str) -> None:
-        self.worker.stats.failed(reason)
-
     async def aclose(self) -> None:
         """Release the worker's connection (closing it if the answer was not read to the end)."""
         if self._closed:
@@ -173,26 +188,38 @@ class Stream:
         self._closed = True
         self.worker.stats.in_flight -= 1
         self._response.close()
+        self._pool.released()
 
 
 class Upstream:
     """Sends requests to workers over one bounded, keep-alive `ClientSession`."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, max_tries: int, max_response_bytes: int
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_tries: int,
+        max_response_bytes: int,
+        request_timeout_s: float,
+        ejection: Ejection,
+        queue_timeout_s: float = 5.0,
+        panic: bool = False,
     ) -> None:
         self._session = session
         self._max_tries = max_tries
         self._max_response_bytes = max_response_bytes
-        self._timeouts: dict[tuple[float, bool], aiohttp.ClientTimeout] = {}
+        self._request_timeout_s = request_timeout_s
+        self._ejection = ejection
+        self._queue_timeout_s = queue_timeout_s
+        self._panic = panic
 
     async def complete(self, pool: Pool, call: Call) -> Answer:
         """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
 
-        async def attempt(worker: Worker) -> Answer:
+        async def attempt(worker: Worker, timeout_s: float) -> Answer:
             started = time.perf_counter()
             op, passthrough, streamed, request = self._request(worker, call)
-            response = await self._send(worker, request, streamed, passthrough)
+            response = await self._send(worker, request, streamed, passthrough, timeout_s)
             try:
                 if streamed:
                     text = await self._collect(response, op)
@@ -220,13 +247,13 @@ class Upstream:
     async def open_stream(self, pool: Pool, call: Call) -> Stream:
         """Start a streamed answer, failing over until a worker accepts the request."""
 
-        async def attempt(worker: Worker) -> Stream:
+        async def attempt(worker: Worker, timeout_s: float) -> Stream:
             op, passthrough, streamed, request = self._request(worker, call)
-            response = await self._send(worker, request, streamed, passthrough)
+            response = await self._send(worker, request, streamed, passthrough, timeout_s)
             rename = None
             if passthrough and worker.record.upstream_model and call.body is not None:
                 rename = str(call.body.get("model", "")).encode()
-            return Stream(worker, response, op, passthrough, streamed, rename)
+            return Stream(pool, worker, response, op, passthrough, streamed, rename, self._ejection)
 
         stream, _ = await self._failover(pool, call, attempt, hold=True)
         return stream
@@ -235,20 +262,32 @@ class Upstream:
         self,
         pool: Pool,
         call: Call,
-        attempt: Callable[[Worker], Awaitable[T]],
+        attempt: Callable[[Worker, float], Awaitable[T]],
         *,
         hold: bool,
     ) -> tuple[T, int]:
-        candidates = self._candidates(pool, call)
+        deadline = time.monotonic() + self._request_timeout_s
+        candidates = await self._candidates(pool, call, deadline)
         failures: list[str] = []
         timed_out = True
         for tries, worker in enumerate(candidates, start=1):
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                failures.append(f"the request's {self._request_timeout_s:g}s deadline passed")
+                break
             stats = worker.stats
             stats.in_flight += 1
             try:
-                result = await attempt(worker)
+                result = await attempt(worker, min(worker.record.timeout_s, remaining_s))
             except _AttemptFailed as exc:
-                stats.failed(exc.reason)
+                if stats.failed(exc.reason, self._ejection if exc.ejectable else None):
+                    log.warning(
+                        "ejected worker %s of %s after %d failures in a row: %s",
+                        worker.label,
+                        pool.model,
+                        stats.consecutive_failures,
+                        exc.reason,
+                    )
                 failures.append(f"{worker.label}: {exc.reason}")
                 timed_out = timed_out and exc.timed_out
                 if not exc.retryable:
@@ -256,6 +295,8 @@ class Upstream:
                 continue
             finally:
                 stats.in_flight -= 1
+                if not hold:
+                    pool.released()
             if not hold:
                 stats.succeeded()
             return result, tries
@@ -266,22 +307,46 @@ class Upstream:
             raise UpstreamTimeout(message)
         raise UpstreamError(message)
 
-    def _candidates(self, pool: Pool, call: Call) -> list[Worker]:
-        candidates = pool.candidates(self._max_tries)
+    async def _candidates(self, pool: Pool, call: Call, deadline: float) -> list[Worker]:
         if call.op == "embedding":
-            able = [w for w in pool.workers if "embedding" in w.plan.operations]
-            if not able:
-                raise InvalidRequest(
-                    f"model {pool.model!r} has no worker that serves embeddings; register an "
-                    'openai or ollama preset worker for it ("preset": "openai")'
+            return self._embedding_candidates(pool)
+        while True:
+            candidates = pool.candidates(self._max_tries, panic=self._panic)
+            if candidates:
+                return candidates
+            if not pool.all_busy():
+                raise NoHealthyWorker(
+                    f"model {pool.model!r} has no healthy worker right now (all are down or "
+                    "ejected after failures); retry after the Retry-After delay",
+                    headers={"Retry-After": str(pool.retry_after_s())},
                 )
-            candidates = [w for w in candidates if w in able] or able[: self._max_tries]
-        if not candidates:
-            raise NoHealthyWorker(
-                f"model {pool.model!r} has no worker to send the request to",
-                headers={"Retry-After": "1"},
+            wait_s = min(self._queue_timeout_s, deadline - time.monotonic())
+            try:
+                if wait_s <= 0:
+                    raise TimeoutError
+                await pool.wait_for_room(wait_s)
+            except (TimeoutError, QueueFull):
+                raise Overloaded(
+                    f"every worker of model {pool.model!r} is at its max_concurrency and the "
+                    "wait for a free one ran out; retry shortly",
+                    headers={"Retry-After": "1"},
+                ) from None
+
+    def _embedding_candidates(self, pool: Pool) -> list[Worker]:
+        able = [w for w in pool.workers if "embedding" in w.plan.operations]
+        if not able:
+            raise InvalidRequest(
+                f"model {pool.model!r} has no worker that serves embeddings; register an "
+                'openai or ollama preset worker for it ("preset": "openai")'
             )
-        return candidates
+        now = time.monotonic()
+        healthy = [w for w in able if w.healthy(now)] or (able if self._panic else [])
+        if not healthy:
+            raise NoHealthyWorker(
+                f"model {pool.model!r} has no healthy embedding worker right now",
+                headers={"Retry-After": str(pool.retry_after_s())},
+            )
+        return healthy[: self._max_tries]
 
     def _request(self, worker: Worker, call: Call) -> tuple[Operation, bool, bool, RenderedRequest]:
         """Return the operation, whether it is a passthrough, whether the answer streams, and
@@ -303,20 +368,24 @@ class Upstream:
         return op, False, streamed, op.plan.render(values)
 
     async def _send(
-        self, worker: Worker, request: RenderedRequest, streaming: bool, passthrough: bool
+        self,
+        worker: Worker,
+        request: RenderedRequest,
+        streaming: bool,
+        passthrough: bool,
+        timeout_s: float,
     ) -> aiohttp.ClientResponse:
-        timeout_s = worker.record.timeout_s
         try:
             response = await self._session.request(
                 request.method,
                 request.url,
                 data=request.body,
                 headers=request.headers,
-                timeout=self._timeout(timeout_s, streaming),
+                timeout=_timeout(timeout_s, streaming),
             )
         except TimeoutError as exc:
             raise _AttemptFailed(
-                f"no answer within {timeout_s:g}s (the worker's timeout_s)",
+                f"no answer within {timeout_s:g}s",
                 retryable=True,
                 timed_out=True,
             ) from exc
@@ -339,6 +408,7 @@ class Upstream:
             raise _AttemptFailed(
                 f"worker answered HTTP {response.status}: {snippet}",
                 retryable=response.status in _RETRYABLE_STATUS,
+                ejectable=response.status >= 500,
             )
         return response
 
@@ -395,18 +465,12 @@ class Upstream:
                 parts.append(text)
         return "".join(parts)
 
-    def _timeout(self, timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
-        key = (timeout_s, streaming)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            # A stream may run long; what must not exceed timeout_s is each wait for data.
-            timeout = (
-                aiohttp.ClientTimeout(total=None, sock_read=timeout_s)
-                if streaming
-                else aiohttp.ClientTimeout(total=timeout_s)
-            )
-            self._timeouts[key] = timeout
-        return timeout
+
+def _timeout(timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
+    # A stream may run long; what must not exceed timeout_s is each wait for data.
+    if streaming:
+        return aiohttp.ClientTimeout(total=None, sock_read=timeout_s)
+    return aiohttp.ClientTimeout(total=timeout_s)
 
 
 def _rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:

@@ -2,9 +2,10 @@
 
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import DuplicateWorker, RegistryError, StoreUnavailable, UnknownWorker
-from registry.models import Change, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
+from registry.lease import Lease
+from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
 from registry.store import RegistryStore
-from registry.watch import Follower, ViewSink
+from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "Change",
@@ -12,6 +13,8 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "Follower",
+    "Health",
+    "Lease",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
@@ -21,4 +24,5 @@ __all__ = [
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
+    "pause",
 ]

@@ -25,6 +25,26 @@ class Keys:
         return f"{self._tag}:model:{model_name}"
 
     @property
+    def model_prefix(self) -> str:
+        """The start of every per-model index key (for scripts that derive one)."""
+        return f"{self._tag}:model:"
+
+    @property
+    def health(self) -> str:
+        """Hash: worker id -> Health (JSON), written by the active health checker."""
+        return f"{self._tag}:health"
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set: worker id -> heartbeat deadline (ms, Redis clock), for ttl_s workers."""
+        return f"{self._tag}:expiry"
+
+    @property
+    def probe_lease(self) -> str:
+        """String: who runs the active health probes, with a TTL renewed by the holder."""
+        return f"{self._tag}:probe-lease"
+
+    @property
     def version(self) -> str:
         """Counter bumped by every write; a gap tells a follower it missed an event."""
         return f"{self._tag}:version"

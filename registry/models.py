@@ -39,6 +39,10 @@ class WorkerSpec(BaseModel):
     upstream_model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     stream_format: Literal["sse", "ndjson"] | None = None
     stream_extract: Annotated[str, Field(max_length=1024)] = ""
+    health_url: Annotated[str, Field(max_length=4096)] | None = None
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    ttl_s: Annotated[float, Field(gt=0, le=86400)] | None = None
 
     @field_validator("model_name")
     @classmethod
@@ -60,6 +64,13 @@ class WorkerSpec(BaseModel):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
             if "\r" in item or "\n" in item:
                 raise ValueError(f"header {name!r} must not contain line breaks")
+        return value
+
+    @field_validator("health_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("health_url must be an absolute http:// or https:// URL")
         return value
 
     @model_validator(mode="after")
@@ -129,10 +140,19 @@ class WorkerKey(BaseModel):
     req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class Health(BaseModel):
+    """A worker's state as the active health checker last saw it, shared by every process."""
+
+    state: Literal["up", "down"]
+    since: float
+    reason: str = ""
+
+
 class Change(BaseModel):
-    """One change event: a record put (registered or replaced) or deleted."""
+    """One change event: a record put or deleted, or a worker's health changed."""
 
     v: int
-    op: Literal["put", "del"]
+    op: Literal["put", "del", "health"]
     id: str
     record: WorkerRecord | None = None
+    health: Health | None = None

@@ -15,33 +15,101 @@ from redis.exceptions import RedisError
 
 from registry.errors import DuplicateWorker, StoreUnavailable, UnknownWorker
 from registry.keys import Keys
-from registry.models import Change, WorkerRecord, worker_id
+from registry.models import Change, Health, WorkerRecord, worker_id
 
 T = TypeVar("T")
 
-# KEYS: workers hash, model index, version. ARGV: id, record JSON, replace flag, channel.
-_PUT = """
+# Milliseconds on the Redis server's clock, so every gateway agrees on heartbeat deadlines.
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS: workers, model index, version, expiry, health.
+# ARGV: id, record JSON, replace flag, channel, ttl in ms ("" when the worker has none).
+_PUT = (
+    _NOW_MS
+    + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and ARGV[3] ~= '1' then
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
 local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[4],
   '{"v":' .. v .. ',"op":"put","id":"' .. ARGV[1] .. '","record":' .. ARGV[2] .. '}')
 return v
 """
+)
 
-# KEYS: workers hash, model index, version. ARGV: id, channel.
+# KEYS: workers, model index, version, expiry, health. ARGV: id, channel.
 _DEL = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return -1
 end
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"del","id":"' .. ARGV[1] .. '"}')
 return v
 """
+
+# KEYS: workers, health, version. ARGV: id, health JSON, channel.
+_HEALTH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return -1
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[3],
+  '{"v":' .. v .. ',"op":"health","id":"' .. ARGV[1] .. '","health":' .. ARGV[2] .. '}')
+return v
+"""
+
+# KEYS: workers, expiry. ARGV: id. The ttl is the record's own, so any process can renew it.
+_HEARTBEAT = (
+    _NOW_MS
+    + """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then
+  return -1
+end
+local ttl = cjson.decode(record)['ttl_s']
+if ttl == nil or ttl == cjson.null then
+  return 0
+end
+redis.call('ZADD', KEYS[2], now + math.floor(ttl * 1000), ARGV[1])
+return math.floor(ttl * 1000)
+"""
+)
+
+# KEYS: expiry, workers, version, health. ARGV: model index key prefix, channel, batch size.
+# The per-model index key is derived from the record; it carries the same hash tag as KEYS, so
+# it lives in the same Redis Cluster slot.
+_REAP = (
+    _NOW_MS
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local reaped = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    local model = cjson.decode(record)['model_name']
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('SREM', ARGV[1] .. model, id)
+    local v = redis.call('INCR', KEYS[3])
+    redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"del","id":"' .. id .. '"}')
+    table.insert(reaped, id)
+  end
+end
+return reaped
+"""
+)
 
 
 class RegistryStore:
@@ -52,13 +120,18 @@ class RegistryStore:
         self.keys = Keys(prefix)
         self._put = redis.register_script(_PUT)
         self._del = redis.register_script(_DEL)
+        self._health = redis.register_script(_HEALTH)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._reap = redis.register_script(_REAP)
 
     async def put(self, record: WorkerRecord, *, replace: bool) -> Change:
         """Store `record`; raise DuplicateWorker when it exists and `replace` is false."""
         payload = record.model_dump_json()
-        keys = [self.keys.workers, self.keys.model(record.model_name), self.keys.version]
-        args = [record.id, payload, "1" if replace else "0", self.keys.events]
-        version = await _guard(lambda: self._put(keys=keys, args=args))
+        k = self.keys
+        keys = [k.workers, k.model(record.model_name), k.version, k.expiry, k.health]
+        ttl_ms = "" if record.ttl_s is None else str(int(record.ttl_s * 1000))
+        args = [record.id, payload, "1" if replace else "0", k.events, ttl_ms]
+        version = await guard(lambda: self._put(keys=keys, args=args))
         if version == -1:
             raise DuplicateWorker(
                 f"worker (model_name={record.model_name}, "
@@ -70,8 +143,9 @@ class RegistryStore:
     async def delete(self, model_name: str, req_url_template: str) -> Change:
         """Remove a worker; raise UnknownWorker when it is not registered."""
         wid = worker_id(model_name, req_url_template)
-        keys = [self.keys.workers, self.keys.model(model_name), self.keys.version]
-        version = await _guard(lambda: self._del(keys=keys, args=[wid, self.keys.events]))
+        k = self.keys
+        keys = [k.workers, k.model(model_name), k.version, k.expiry, k.health]
+        version = await guard(lambda: self._del(keys=keys, args=[wid, self.keys.events]))
         if version == -1:
             raise UnknownWorker(
                 f"no worker (model_name={model_name}, url={req_url_template}) is registered; "
@@ -79,16 +153,50 @@ class RegistryStore:
             )
         return Change(v=int(version), op="del", id=wid)
 
-    async def snapshot(self) -> tuple[int, list[WorkerRecord]]:
-        """Read every record and the version they correspond to, atomically."""
+    async def set_health(self, wid: str, health: Health) -> Change | None:
+        """Record a worker's new health state; None when the worker is no longer registered."""
+        k = self.keys
+        keys = [k.workers, k.health, k.version]
+        payload = health.model_dump_json()
+        version = await guard(lambda: self._health(keys=keys, args=[wid, payload, k.events]))
+        if version == -1:
+            return None
+        return Change(v=int(version), op="health", id=wid, health=health)
+
+    async def heartbeat(self, model_name: str, req_url_template: str) -> float | None:
+        """Push a worker's deadline to now + its ttl_s; return the ttl (0 when it has none).
+
+        Raise UnknownWorker when it is not registered (it lapsed, or was taken offline).
+        """
+        wid = worker_id(model_name, req_url_template)
+        keys = [self.keys.workers, self.keys.expiry]
+        ttl_ms = int(await guard(lambda: self._heartbeat(keys=keys, args=[wid])))
+        if ttl_ms < 0:
+            raise UnknownWorker(
+                f"worker (model_name={model_name}, url={req_url_template}) is not registered "
+                "(its heartbeat lapsed or it was taken offline): register it again"
+            )
+        return ttl_ms / 1000
+
+    async def reap(self, batch: int = 100) -> list[str]:
+        """Remove workers whose heartbeat deadline has passed; return their ids."""
+        k = self.keys
+        keys = [k.expiry, k.workers, k.version, k.health]
+        args = [k.model_prefix, k.events, str(batch)]
+        reaped = await guard(lambda: self._reap(keys=keys, args=args))
+        return [wid.decode() if isinstance(wid, bytes) else str(wid) for wid in reaped]
+
+    async def snapshot(self) -> tuple[int, list[WorkerRecord], dict[str, Health]]:
+        """Read every record, its health and the version they correspond to, atomically."""
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self.keys.workers)
+                pipe.hgetall(self.keys.health)
                 pipe.get(self.keys.version)
                 return list(await pipe.execute())
 
-        raw, version = await _guard(read)
+        raw, raw_health, version = await guard(read)
         records = []
         for blob in raw.values():
             try:
@@ -97,15 +205,21 @@ class RegistryStore:
                 # A record this version cannot read (written by a newer one, or by hand) is
                 # skipped rather than taking the whole registry down.
                 continue
-        return int(version or 0), records
+        health: dict[str, Health] = {}
+        for wid, blob in raw_health.items():
+            try:
+                health[wid.decode()] = Health.model_validate_json(blob)
+            except ValidationError:
+                continue
+        return int(version or 0), records, health
 
     async def version(self) -> int:
         """Return the current registry version."""
-        return int(await _guard(lambda: self.redis.get(self.keys.version)) or 0)
+        return int(await guard(lambda: self.redis.get(self.keys.version)) or 0)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        await _guard(self.redis.ping)
+        await guard(self.redis.ping)
 
 
 def parse_change(data: bytes | str) -> Change | None:
@@ -116,7 +230,7 @@ def parse_change(data: bytes | str) -> Change | None:
         return None
 
 
-async def _guard(call: Callable[[], Awaitable[T]]) -> T:
+async def guard(call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
     except (RedisError, OSError) as exc:

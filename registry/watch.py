@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from registry.errors import StoreUnavailable
-from registry.models import Change, WorkerRecord
+from registry.models import Change, Health, WorkerRecord
 from registry.store import RegistryStore, parse_change
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ class ViewSink(Protocol):
     @property
     def version(self) -> int: ...
 
-    def load(self, version: int, records: list[WorkerRecord]) -> None: ...
+    def load(
+        self, version: int, records: list[WorkerRecord], health: dict[str, Health]
+    ) -> None: ...
 
     def apply(self, change: Change) -> None: ...
 
@@ -57,20 +59,22 @@ class Follower:
         """Ask for a fresh snapshot (the caller saw a version it cannot place)."""
         self._inbox.put_nowait(_RESYNC)
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Follow until cancelled or until `stop` is set."""
+        stop = stop or asyncio.Event()
         backoff_s = 0.05
-        while True:
+        while not stop.is_set():
             try:
-                await self._follow()
+                await self._follow(stop)
             except (RedisError, OSError, StoreUnavailable) as exc:
                 self._sink.set_connected(False, f"registry store unreachable: {exc}")
                 log.warning("registry store unreachable (%s); retrying in %.1fs", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
+                await pause(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
             else:  # pragma: no cover - _follow only returns by raising
                 backoff_s = 0.05
 
-    async def _follow(self) -> None:
+    async def _follow(self, stop: asyncio.Event) -> None:
         pubsub = self._store.redis.pubsub(ignore_subscribe_messages=True)
         reader: asyncio.Task[None] | None = None
         try:
@@ -79,7 +83,7 @@ class Follower:
             reader = asyncio.create_task(self._read(pubsub))
             await self._resync()
             self._sink.set_connected(True, "")
-            while True:
+            while not stop.is_set():
                 try:
                     item = await asyncio.wait_for(self._inbox.get(), self._check_interval_s)
                 except TimeoutError:
@@ -115,6 +119,12 @@ class Follower:
             self._inbox.put_nowait(exc)
 
     async def _resync(self) -> None:
-        version, records = await self._store.snapshot()
-        self._sink.load(version, records)
+        version, records, health = await self._store.snapshot()
+        self._sink.load(version, records, health)
         self.resyncs += 1
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `stop` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,5 +1,7 @@
 """The seed's registry routes: register, list and take workers offline."""
 
+import time
+
 from aiohttp import web
 
 from gateway.routes._common import json_response, parse
@@ -28,12 +30,21 @@ async def workers(request: web.Request) -> web.Response:
     """List registered workers (optionally of one model); header values are never shown."""
     model = request.query.get("model_name")
     router = request.app[ROUTER]
+    now = time.monotonic()
     listed = []
     for worker in router.workers():
         if model is not None and worker.record.model_name != model:
             continue
         entry = worker.record.public()
         stats = worker.stats
+        ejected_for_s = max(0.0, stats.ejected_until - now)
+        entry["health"] = {
+            "state": stats.state(now),
+            "probe": stats.active,
+            "probe_since": stats.active_since,
+            "probe_reason": stats.active_reason,
+            "ejected_for_s": round(ejected_for_s, 3),
+        }
         entry["stats"] = {
             "in_flight": stats.in_flight,
             "successes": stats.successes,
@@ -60,6 +71,14 @@ async def offline(request: web.Request) -> web.Response:
             f"url={key.req_url_template}) succeed!",
         }
     )
+
+
+@routes.post("/api/server/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    """Keep a worker registered with ttl_s alive for another ttl_s."""
+    key = await parse(request, WorkerKey, "heartbeat request")
+    ttl_s = await request.app[STORE].heartbeat(key.model_name, key.req_url_template)
+    return json_response({"success": True, "msg": "heartbeat received", "ttl_s": ttl_s or None})
 
 
 @routes.get("/api/server/presets")

@@ -159,11 +159,11 @@ def test_second_gateway_on_the_same_data_dir_is_refused_clearly(
 
 def test_settings_precedence_is_cli_over_env_over_file(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text('port = 9001\nhost = "0.0.0.0"\nmax_tries = 3\n')
+    config.write_text('port = 9001\nhost = "0.0.0.0"\nmax_tries = 4\n')
     settings = load_settings(
         {"port": 9003}, config_file=config, environ={"GATEWAY_PORT": "9002", "GATEWAY_HOST": "::1"}
     )
-    assert (settings.port, settings.host, settings.max_tries) == (9003, "::1", 3)
+    assert (settings.port, settings.host, settings.max_tries) == (9003, "::1", 4)
     assert settings.redis_url is None
 
 

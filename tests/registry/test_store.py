@@ -9,6 +9,7 @@ from registry import (
     Change,
     DuplicateWorker,
     Follower,
+    Health,
     RegistryStore,
     UnknownWorker,
     WorkerRecord,
@@ -30,7 +31,7 @@ class ListSink:
         self.loads = 0
         self.connected = False
 
-    def load(self, version: int, records: list[WorkerRecord]) -> None:
+    def load(self, version: int, records: list[WorkerRecord], health: dict[str, Health]) -> None:
         self.version = version
         self.records = {r.id: r for r in records}
         self.loads += 1
@@ -57,7 +58,8 @@ async def test_writes_bump_the_version_and_update_the_model_index(
     gone = await store.delete("m", "http://a/x")
     assert gone.v == 3 and gone.op == "del"
     assert await redis.smembers(store.keys.model("m")) == {second.id.encode()}
-    version, records = await store.snapshot()
+    version, records, health = await store.snapshot()
+    assert health == {}
     assert version == 3
     assert [r.req_url_template for r in records] == ["http://b/x"]
 
@@ -83,7 +85,7 @@ async def test_all_keys_share_one_cluster_hash_slot(redis: Redis, key_prefix: st
     store = RegistryStore(redis, key_prefix)
     await store.put(record(), replace=False)
     keys = [k.decode() async for k in redis.scan_iter(match="{" + key_prefix + "}:*")]
-    assert len(keys) == 3
+    assert len(keys) == 3  # workers, the model's index, version
     assert all(k.startswith("{" + key_prefix + "}:") for k in keys)
 
 

@@ -1,0 +1,143 @@
+"""Active health checking and heartbeat expiry, run as background tasks of the app.
+
+Probes run in one gateway process at a time: the holder of a lease in Redis. Another process
+takes the lease over within `probe_lease_s` when the holder dies. A probe is a GET of the
+worker's `health_url` (2xx is healthy) or, without one, a TCP connect to its host and port.
+A worker goes down after `probe_fall` failed probes in a row and up after `probe_rise`
+good ones; each change is written to Redis and reaches every process as a change event.
+
+Every process also reaps workers whose heartbeat (`ttl_s`) has lapsed: the reap is one
+atomic script, so several processes doing it at once remove each worker once.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+
+import aiohttp
+from yarl import URL
+
+from gateway.router import Router, Worker
+from gateway.settings import Settings
+from registry import Health, Lease, RegistryStore, StoreUnavailable, pause
+
+log = logging.getLogger(__name__)
+
+
+class HealthChecker:
+    """Probe every worker while holding the probe lease; publish state changes."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        router: Router,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._session = session
+        self._settings = settings
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease = Lease(store.redis, store.keys.probe_lease, owner, settings.probe_lease_s)
+        self.leader = False
+        self._streaks: dict[str, tuple[bool, int]] = {}
+        self._limit = asyncio.Semaphore(64)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe while holding the lease, until `stop` is set."""
+        interval_s = self._settings.probe_interval_s
+        # Renew well within the lease's lifetime, whatever the probe interval.
+        renew_s = min(interval_s, self._settings.probe_lease_s / 3)
+        next_probe = 0.0
+        while not stop.is_set():
+            try:
+                self.leader = await self.lease.hold()
+            except StoreUnavailable:
+                self.leader = False
+            if not self.leader:
+                self._streaks.clear()
+            elif time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + interval_s
+                await self.probe_all()
+            await pause(stop, renew_s)
+
+    async def stop(self) -> None:
+        if self.leader:
+            with contextlib.suppress(StoreUnavailable):
+                await self.lease.release()
+
+    async def probe_all(self) -> None:
+        workers = list(self._router.workers())
+        await asyncio.gather(*(self._probe(worker) for worker in workers))
+        known = {w.id for w in workers}
+        for wid in list(self._streaks):
+            if wid not in known:
+                del self._streaks[wid]
+
+    async def _probe(self, worker: Worker) -> None:
+        async with self._limit:
+            ok, reason = await self._check(worker)
+        settings = self._settings
+        last_ok, count = self._streaks.get(worker.id, (ok, 0))
+        count = count + 1 if last_ok == ok else 1
+        self._streaks[worker.id] = (ok, count)
+        current = worker.stats.active
+        if ok and current != "up" and count >= settings.probe_rise:
+            await self._publish(worker, Health(state="up", since=time.time()))
+        elif not ok and current != "down" and count >= settings.probe_fall:
+            await self._publish(worker, Health(state="down", since=time.time(), reason=reason))
+
+    async def _check(self, worker: Worker) -> tuple[bool, str]:
+        timeout_s = self._settings.probe_timeout_s
+        url = worker.record.health_url
+        try:
+            if url:
+                timeout = aiohttp.ClientTimeout(total=timeout_s)
+                async with self._session.get(url, timeout=timeout) as response:
+                    if response.status < 300:
+                        return True, ""
+                    return False, f"health_url answered HTTP {response.status}"
+            target = URL(worker.plan.base_url)
+            host, port = target.host or "", target.port or 80
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True, ""
+        except TimeoutError:
+            return False, f"health probe timed out after {timeout_s:g}s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return False, f"health probe failed: {exc or type(exc).__name__}"
+
+    async def _publish(self, worker: Worker, health: Health) -> None:
+        try:
+            change = await self._store.set_health(worker.id, health)
+        except StoreUnavailable as exc:
+            log.warning("could not record health of %s: %s", worker.label, exc)
+            return
+        if change is not None:
+            log.info(
+                "worker %s of %s is %s %s",
+                worker.label,
+                worker.record.model_name,
+                health.state,
+                health.reason,
+            )
+            self._router.apply_local(change)
+
+
+async def reap_expired(store: RegistryStore, interval_s: float, stop: asyncio.Event) -> None:
+    """Remove workers whose heartbeat lapsed, every `interval_s`, until `stop` is set."""
+    while not stop.is_set():
+        try:
+            reaped = await store.reap()
+            if reaped:
+                log.info("removed %d worker(s) whose heartbeat lapsed", len(reaped))
+        except StoreUnavailable:
+            pass  # the follower reports the outage; reaping resumes with Redis
+        await pause(stop, interval_s)
