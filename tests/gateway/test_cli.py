@@ -31,10 +31,12 @@ class Served:
         self.log = log
 
 
-def start(data_dir: Path, tmp_path: Path, *extra: str) -> Served:
+def start(data_dir: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
+    """Run `llm-gateway serve` in its own process and wait until it is ready."""
     port = free_port()
     log = tmp_path / f"gateway-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environ.update(env or {})
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
@@ -50,7 +52,7 @@ def start(data_dir: Path, tmp_path: Path, *extra: str) -> Served:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environ,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
