@@ -1,0 +1,118 @@
+"""The measured rows: medians over rounds, the printed table and the JSON file."""
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.load import LoadResult
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One load run against one target, with the CPU its server used meanwhile."""
+
+    result: LoadResult
+    cpu_s: float  # user+sys seconds of the server under test (upstream for `direct`)
+
+    @property
+    def cpu_us_per_req(self) -> float:
+        return 1e6 * self.cpu_s / self.result.requests if self.result.requests else 0.0
+
+    @property
+    def cpu_pct(self) -> float:
+        return 100.0 * self.cpu_s / self.result.duration_s if self.result.duration_s else 0.0
+
+
+@dataclass
+class Row:
+    """A target at a connection count, measured once per round."""
+
+    name: str
+    what: str
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.connections}"
+
+    def median(self, metric: str) -> float:
+        values = [_metric(sample, metric) for sample in self.samples]
+        return statistics.median(values) if values else 0.0
+
+    def spread_pct(self) -> float:
+        """Return (max - min) / median of req/s over the rounds, in %."""
+        rates = [sample.result.rps for sample in self.samples]
+        middle = statistics.median(rates) if rates else 0.0
+        return 100.0 * (max(rates) - min(rates)) / middle if middle else 0.0
+
+    def errors(self) -> int:
+        return sum(sample.result.errors for sample in self.samples)
+
+    def as_dict(self, floor_rps: float | None) -> dict[str, Any]:
+        rps = self.median("rps")
+        return {
+            "row": self.name,
+            "what": self.what,
+            "connections": self.connections,
+            "rps": round(rps, 1),
+            "p50_ms": round(self.median("p50_ms"), 3),
+            "p99_ms": round(self.median("p99_ms"), 3),
+            "cpu_us_per_req": round(self.median("cpu_us_per_req"), 1),
+            "cpu_pct": round(self.median("cpu_pct"), 1),
+            "x_bare": round(rps / floor_rps, 3) if floor_rps else None,
+            "rps_spread_pct": round(self.spread_pct(), 1),
+            "errors": self.errors(),
+            "samples": [{**s.result.as_dict(), "cpu_s": round(s.cpu_s, 3)} for s in self.samples],
+        }
+
+
+def _metric(sample: Sample, metric: str) -> float:
+    if metric == "cpu_us_per_req":
+        return sample.cpu_us_per_req
+    if metric == "cpu_pct":
+        return sample.cpu_pct
+    if metric == "rps":
+        return sample.result.rps
+    value: float = getattr(sample.result, metric)
+    return value
+
+
+def floor_rps(rows: list[Row], connections: int) -> float | None:
+    """Return the bare proxy's median req/s at `connections`, the 1.00 of the ratio column."""
+    for row in rows:
+        if row.name == "bare" and row.connections == connections:
+            return row.median("rps") or None
+    return None
+
+
+def table(rows: list[Row]) -> str:
+    """Render the rows as the aligned text table printed at the end of a run."""
+    rounds = max((len(row.samples) for row in rows), default=1)
+    header = (
+        f"{'row':<9}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU us/req':>12}{'CPU %':>7}{'x bare':>8}{'errors':>8}"
+    )
+    if rounds > 1:
+        header += f"{'req/s spread':>14}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        data = row.as_dict(floor_rps(rows, row.connections))
+        ratio = f"{data['x_bare']:.2f}" if data["x_bare"] is not None else "-"
+        line = (
+            f"{row.name:<9}{row.connections:>6}{data['rps']:>10.0f}{data['p50_ms']:>9.2f}"
+            f"{data['p99_ms']:>9.2f}{data['cpu_us_per_req']:>12.0f}{data['cpu_pct']:>7.0f}"
+            f"{ratio:>8}{data['errors']:>8}"
+        )
+        if rounds > 1:
+            line += f"{data['rps_spread_pct']:>13.0f}%"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write `document` to `path` (creating its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

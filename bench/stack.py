@@ -1,0 +1,177 @@
+"""Start the parts under test: the upstream, the bare proxy and the gateway (with its Redis)."""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import upstream
+from bench.procs import BenchError, Child, Processes, free_port, pinned, wait_http
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "bench"
+CHAT_PATH = "/api/v1/chat/completions"
+CHAT_BODY = json.dumps({"input": "hello", "model_name": MODEL}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server the load generator drives, and the process group whose CPU is counted."""
+
+    name: str
+    what: str
+    url: str
+    child: Child
+
+
+def child_env() -> dict[str, str]:
+    """Return this environment without GATEWAY_* settings, with the repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_upstream(procs: Processes, kind: str, cpu: int | None) -> tuple[Target, str]:
+    """Start nginx (kind "nginx", or "auto" when installed) or the Python upstream."""
+    port = free_port()
+    cmd = None
+    if kind in ("auto", "nginx"):
+        cmd = upstream.nginx_command(port, procs.log_dir / "nginx")
+        if cmd is None and kind == "nginx":
+            raise BenchError("--upstream nginx: nginx is not on PATH (apt-get install nginx)")
+    used = "nginx" if cmd is not None else "python"
+    if cmd is None:
+        cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+    child = procs.start("upstream", pinned(cmd, cpu), env=child_env())
+    url = f"http://127.0.0.1:{port}{upstream.PATH}"
+    wait_http(child, url)
+    status, raw = http_post(url, CHAT_BODY)
+    if status != 200 or raw != upstream.ANSWER:
+        raise BenchError(f"the {used} upstream answered {status} {raw[:200]!r}")
+    return Target("direct", f"{used} upstream, no proxy", url, child), used
+
+
+def start_bare_proxy(procs: Processes, upstream_url: str, cpu: int | None) -> Target:
+    """Start `bench.bare_proxy` in front of the upstream and check that it forwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.bare_proxy", "--port", str(port), "--target", upstream_url]
+    child = procs.start("bare-proxy", pinned(cmd, cpu), env=child_env())
+    url = f"http://127.0.0.1:{port}{CHAT_PATH}"
+    wait_http(child, url)
+    status, raw = http_post(url, CHAT_BODY)
+    if status != 200 or raw != upstream.ANSWER:
+        raise BenchError(f"the bare proxy answered {status} {raw[:200]!r}")
+    return Target("bare", "bare aiohttp proxy (bench/bare_proxy.py)", url, child)
+
+
+def gateway_command(port: int, redis_url: str, *, cprofile_to: Path | None = None) -> list[str]:
+    """Return the command serving the gateway, optionally wrapped in cProfile."""
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url]
+    if cprofile_to is not None:
+        return [sys.executable, "-m", "bench.cprofile_gateway", str(cprofile_to), *args]
+    return [sys.executable, "-m", "gateway", *args]
+
+
+def start_gateway(
+    procs: Processes,
+    redis_url: str,
+    cpu: int | None,
+    *,
+    name: str = "gateway",
+    cprofile_to: Path | None = None,
+) -> Target:
+    """Start the gateway as a subprocess and wait until it routes the bench model."""
+    port = free_port()
+    cmd = gateway_command(port, redis_url, cprofile_to=cprofile_to)
+    child = procs.start(name, pinned(cmd, cpu), env=child_env())
+    base = f"http://127.0.0.1:{port}"
+    wait_http(child, base + "/healthz")
+    _wait_ready(child, base + "/readyz")
+    return Target("gateway", "llm-gateway, seed template worker", base + CHAT_PATH, child)
+
+
+def _wait_ready(child: Child, url: str, timeout_s: float = 30.0) -> None:
+    """Wait for /readyz to say 200: the registry view is loaded and Redis answers."""
+    deadline = time.monotonic() + timeout_s
+    status, raw = 0, b""
+    while time.monotonic() < deadline and child.alive():
+        status, raw = http_get(url)
+        if status == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(
+        f"{child.name} is not ready after {timeout_s:g}s ({status} {raw[:200]!r}):\n"
+        f"{child.log_tail()}"
+    )
+
+
+def register_worker(gateway: Target, upstream_url: str) -> None:
+    """Register the seed-style template worker pointing at the upstream."""
+    base = gateway.url.removesuffix(CHAT_PATH)
+    spec = {
+        "model_name": MODEL,
+        "req_url_template": upstream_url,
+        "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
+        "response_extract": "data.items[].attributes.answer",
+        "owner": "bench",
+    }
+    status, raw = http_post(base + "/api/server/register", json.dumps(spec).encode())
+    if status != 200:
+        raise BenchError(f"registering the bench worker failed: {status} {raw[:300]!r}")
+
+
+def check_gateway(gateway: Target) -> None:
+    """Fail unless the gateway answers the bench request with the upstream's text."""
+    status, raw = http_post(gateway.url, CHAT_BODY)
+    answer: Any = _json(raw)
+    if (
+        status != 200
+        or not isinstance(answer, dict)
+        or answer.get("result") != upstream.ANSWER_TEXT
+    ):
+        raise BenchError(
+            f"the gateway answered {status} {raw[:300]!r}:\n{gateway.child.log_tail()}"
+        )
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """GET `url`; return the status and the raw answer, error statuses included."""
+    return _exchange(urllib.request.Request(url), timeout_s)
+
+
+def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """POST JSON `body`; return the status and the raw answer, error statuses included."""
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    return _exchange(request, timeout_s)
+
+
+def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError as exc:
+        raise BenchError(f"{request.method} {request.full_url} failed: {exc}") from exc
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def shown(path: Path) -> str:
+    """Return `path` relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
