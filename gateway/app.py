@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import error_middleware
@@ -18,7 +17,7 @@ from gateway.routes import admin, ollama, openai, probes, seed
 from gateway.settings import Settings
 from gateway.state import FOLLOWER, HEALTH, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
 from gateway.upstream import Upstream
-from registry import EmbeddedRedis, Follower, RegistryStore
+from registry import EmbeddedRedis, Follower, RegistryStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +66,7 @@ async def _redis_server(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = Redis.from_url(
-        app[_REDIS_URL],
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=10.0,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+    redis = connect(app[_REDIS_URL], connect_timeout_s=settings.redis_connect_timeout_s)
     app[REDIS] = redis
     app[STORE] = RegistryStore(redis, settings.key_prefix)
     for attempt in range(3):

@@ -279,7 +279,7 @@ class Router:
         self.version = 0
         self.loaded = False
         self.connected = False
-        self.reason = "registry not loaded yet"
+        self.reason = "waiting for the first snapshot from Redis"
         self._strategy = strategy
         self._max_waiting = max_waiting
         self._workers: dict[str, Worker] = {}

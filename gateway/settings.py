@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from registry import check_url
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -33,6 +35,7 @@ class Settings(BaseModel):
         description="redis://, rediss:// or unix:// URL; unset starts an embedded server",
     )
     data_dir: Path = Field(default_factory=default_data_dir)
+    processes: Annotated[int, Field(ge=1, le=256)] = 1
     key_prefix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = (
         "llmgw"
     )
@@ -63,6 +66,11 @@ class Settings(BaseModel):
 
     registry_check_interval_s: Annotated[float, Field(gt=0)] = 5.0
     redis_connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return check_url(value) if value else None
 
 
 def load_settings(

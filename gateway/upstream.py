@@ -10,6 +10,7 @@ client and an `openai` worker) the client's body is passed through with only the
 changed; otherwise the worker's operation template is rendered and its answer extracted.
 """
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -278,7 +279,10 @@ class Upstream:
             stats = worker.stats
             stats.in_flight += 1
             try:
-                result = await attempt(worker, min(worker.record.timeout_s, remaining_s))
+                timeout_s = worker.record.timeout_s
+                if remaining_s < timeout_s:
+                    timeout_s = round(remaining_s, 1) or 0.1  # few distinct values: cacheable
+                result = await attempt(worker, timeout_s)
             except _AttemptFailed as exc:
                 if stats.failed(exc.reason, self._ejection if exc.ejectable else None):
                     log.warning(
@@ -415,11 +419,14 @@ class Upstream:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self._max_response_bytes
         try:
-            if response.content_length is not None and response.content_length > limit:
-                raise _AttemptFailed(
-                    f"response of {response.content_length} bytes is over the {limit}-byte limit",
-                    retryable=False,
-                )
+            length = response.content_length
+            if length is not None:
+                if length > limit:
+                    raise _AttemptFailed(
+                        f"response of {length} bytes is over the {limit}-byte limit",
+                        retryable=False,
+                    )
+                return await response.read()
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.content.iter_any():
@@ -466,6 +473,7 @@ class Upstream:
         return "".join(parts)
 
 
+@functools.lru_cache(maxsize=256)
 def _timeout(timeout_s: float, streaming: bool) -> aiohttp.ClientTimeout:
     # A stream may run long; what must not exceed timeout_s is each wait for data.
     if streaming:

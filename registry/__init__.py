@@ -1,5 +1,6 @@
 """The worker registry: records, validation, the Redis store and its change events."""
 
+from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import DuplicateWorker, RegistryError, StoreUnavailable, UnknownWorker
 from registry.lease import Lease
@@ -24,5 +25,7 @@ __all__ = [
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
+    "check_url",
+    "connect",
     "pause",
 ]

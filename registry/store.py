@@ -6,7 +6,7 @@ seen every change up to N, and a gap in versions tells it to resync.
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -112,6 +112,13 @@ return reaped
 )
 
 
+# KEYS: workers, health, version. One atomic read (a MULTI is not available on a Cluster).
+_SNAPSHOT = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('GET', KEYS[3])}
+"""
+
+
 class RegistryStore:
     """Register, replace, take offline and read workers in one Redis."""
 
@@ -123,6 +130,7 @@ class RegistryStore:
         self._health = redis.register_script(_HEALTH)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._reap = redis.register_script(_REAP)
+        self._snapshot = redis.register_script(_SNAPSHOT)
 
     async def put(self, record: WorkerRecord, *, replace: bool) -> Change:
         """Store `record`; raise DuplicateWorker when it exists and `replace` is false."""
@@ -189,16 +197,12 @@ class RegistryStore:
     async def snapshot(self) -> tuple[int, list[WorkerRecord], dict[str, Health]]:
         """Read every record, its health and the version they correspond to, atomically."""
 
-        async def read() -> list[Any]:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.keys.workers)
-                pipe.hgetall(self.keys.health)
-                pipe.get(self.keys.version)
-                return list(await pipe.execute())
-
-        raw, raw_health, version = await guard(read)
+        k = self.keys
+        flat_records, flat_health, version = await guard(
+            lambda: self._snapshot(keys=[k.workers, k.health, k.version])
+        )
         records = []
-        for blob in raw.values():
+        for blob in flat_records[1::2]:
             try:
                 records.append(WorkerRecord.model_validate_json(blob))
             except ValidationError:
@@ -206,7 +210,7 @@ class RegistryStore:
                 # skipped rather than taking the whole registry down.
                 continue
         health: dict[str, Health] = {}
-        for wid, blob in raw_health.items():
+        for wid, blob in zip(flat_health[0::2], flat_health[1::2], strict=True):
             try:
                 health[wid.decode()] = Health.model_validate_json(blob)
             except ValidationError:

@@ -71,6 +71,13 @@ class Follower:
                 log.warning("registry store unreachable (%s); retrying in %.1fs", exc, backoff_s)
                 await pause(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
+            except Exception as exc:
+                # A bug must not leave the process with a frozen view and no word of why:
+                # say it loudly, and start over from a fresh snapshot.
+                self._sink.set_connected(False, f"registry follower failed: {exc!r}")
+                log.exception("registry follower failed; resyncing in %.1fs", backoff_s)
+                await pause(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, self._max_backoff_s)
             else:  # pragma: no cover - _follow only returns by raising
                 backoff_s = 0.05
 
