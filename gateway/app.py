@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateway.errors import error_middleware
 from gateway.health import HealthChecker, reap_expired
@@ -17,7 +16,7 @@ from gateway.routes import admin, ollama, openai, probes, seed
 from gateway.settings import Settings
 from gateway.state import FOLLOWER, HEALTH, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
 from gateway.upstream import Upstream
-from registry import EmbeddedRedis, Follower, RegistryStore, connect
+from registry import REDIS_ERRORS, EmbeddedRedis, Follower, RegistryStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
         try:
             await redis.ping()
             break
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # Start anyway: routing waits for the registry, /readyz says why, and the follower
             # keeps reconnecting in the background.
             log.warning("Redis at %s does not answer yet (%s)", _safe(app[_REDIS_URL]), exc)

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.settings import Settings, load_settings
+from gateway.supervisor import CHILD_FLAG, processes_arg, supervise
 from registry import EmbeddedRedisError
 
 log = logging.getLogger("gateway")
@@ -34,18 +36,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="TOML settings file (GATEWAY_CONFIG)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING... (GATEWAY_LOG_LEVEL)")
+    serve.add_argument(
+        "--processes",
+        type=processes_arg,
+        help="gateway processes sharing the port: a number or 'auto', one per CPU "
+        "(GATEWAY_PROCESSES, default 1)",
+    )
+    serve.add_argument(CHILD_FLAG, type=Path, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command."""
     args = _parser().parse_args(argv)
+    if args.child_settings is not None:
+        # A process started by the supervisor: its settings are the parent's, already merged.
+        settings = Settings.model_validate_json(args.child_settings.read_text())
+        return serve(settings, reuse_port=True)
     cli = {
         "host": args.host,
         "port": args.port,
         "redis_url": args.redis_url,
         "data_dir": args.data_dir,
         "log_level": args.log_level,
+        "processes": args.processes,
     }
     try:
         settings = load_settings(cli, config_file=args.config)
@@ -55,11 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"llm-gateway: cannot read the config file: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.processes > 1:
+        return supervise(settings)
     return serve(settings)
 
 
-def serve(settings: Settings) -> int:
-    """Run the gateway until SIGINT or SIGTERM."""
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Run one gateway process until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -79,8 +98,12 @@ def serve(settings: Settings) -> int:
             access_log=None,
             # A client that goes away cancels its handler, which closes the worker request.
             handler_cancellation=True,
+            reuse_port=reuse_port or None,
             print=lambda _: log.info(
-                "llm-gateway listening on http://%s:%d", settings.host, settings.port
+                "llm-gateway (pid %d) listening on http://%s:%d",
+                os.getpid(),
+                settings.host,
+                settings.port,
             ),
             loop=loop,
         )

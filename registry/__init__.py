@@ -5,10 +5,11 @@ from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import DuplicateWorker, RegistryError, StoreUnavailable, UnknownWorker
 from registry.lease import Lease
 from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
-from registry.store import RegistryStore
+from registry.store import REDIS_ERRORS, RegistryStore
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
+    "REDIS_ERRORS",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",

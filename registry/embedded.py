@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class EmbeddedRedis:
     """Start and stop one valkey-server process owning `data_dir`."""
 
-    def __init__(self, data_dir: Path, *, persist: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        persist: bool = True,
+        port: int | None = None,
+        extra_config: Sequence[str] = (),
+    ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.persist = persist
+        self.port = port  # also listen on 127.0.0.1:port (a cluster node needs TCP)
+        self._extra_config = list(extra_config)
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: str | None = None
         socket_path = self.data_dir / "redis.sock"
@@ -71,7 +81,8 @@ class EmbeddedRedis:
             self.socket_path.unlink()
         config = self.data_dir / "valkey.conf"
         lines = [
-            "port 0",
+            f"port {self.port or 0}",
+            "bind 127.0.0.1",
             f"unixsocket {self.socket_path}",
             "unixsocketperm 700",
             f"dir {self.data_dir}",
@@ -82,6 +93,7 @@ class EmbeddedRedis:
             'save ""',
             "logfile valkey.log",
             "loglevel warning",
+            *self._extra_config,
         ]
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         preexec = _die_with_parent if sys.platform.startswith("linux") else None

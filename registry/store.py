@@ -11,7 +11,7 @@ from typing import TypeVar
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from registry.errors import DuplicateWorker, StoreUnavailable, UnknownWorker
 from registry.keys import Keys
@@ -234,10 +234,15 @@ def parse_change(data: bytes | str) -> Change | None:
         return None
 
 
+# What a Redis client raises when the store cannot be reached: a cluster client's own error
+# tree does not descend from RedisError.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
+
+
 async def guard(call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise StoreUnavailable(
             f"the registry store (Redis) is unreachable: {exc or type(exc).__name__}; "
             "the gateway keeps routing from its last view, retry the change shortly"

@@ -11,11 +11,9 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
-
 from registry.errors import StoreUnavailable
 from registry.models import Change, Health, WorkerRecord
-from registry.store import RegistryStore, parse_change
+from registry.store import REDIS_ERRORS, RegistryStore, parse_change
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ class Follower:
         while not stop.is_set():
             try:
                 await self._follow(stop)
-            except (RedisError, OSError, StoreUnavailable) as exc:
+            except (*REDIS_ERRORS, StoreUnavailable) as exc:
                 self._sink.set_connected(False, f"registry store unreachable: {exc}")
                 log.warning("registry store unreachable (%s); retrying in %.1fs", exc, backoff_s)
                 await pause(stop, backoff_s)
@@ -114,7 +112,7 @@ class Follower:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             # The connection may already be gone; then there is nothing left to release.
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _read(self, pubsub: Any) -> None:
@@ -122,7 +120,7 @@ class Follower:
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     self._inbox.put_nowait(message["data"])
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._inbox.put_nowait(exc)
 
     async def _resync(self) -> None:

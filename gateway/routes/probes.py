@@ -1,5 +1,7 @@
 """Liveness and readiness for orchestrators and load balancers."""
 
+import os
+
 from aiohttp import web
 
 from gateway.routes._common import json_response
@@ -11,7 +13,7 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """Answer 200 while the process runs."""
-    return json_response({"status": "ok"})
+    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.get("/readyz")

@@ -1,0 +1,125 @@
+"""`--processes N`: N gateway processes sharing one port (SO_REUSEPORT) and one Redis.
+
+The parent starts the embedded Redis when no URL is configured (once, for all), starts the
+children with the parent's settings, restarts a child that dies, and on SIGINT/SIGTERM stops
+them all, then the embedded Redis. Each child is tied to the parent (PR_SET_PDEATHSIG on
+Linux), so none outlives a parent that is killed outright.
+"""
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from gateway.settings import Settings
+from registry import EmbeddedRedis, EmbeddedRedisError
+
+log = logging.getLogger(__name__)
+
+CHILD_FLAG = "--child-settings"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def supervise(settings: Settings) -> int:
+    """Run `settings.processes` gateway processes until SIGINT or SIGTERM."""
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    embedded: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        try:
+            embedded.start()
+        except EmbeddedRedisError as exc:
+            log.error("%s", exc)
+            return 1
+        log.info(
+            "no Redis URL configured: started embedded Redis (valkey) on %s, data in %s",
+            embedded.url,
+            settings.data_dir,
+        )
+    port = settings.port or _free_port(settings.host)
+    child = settings.model_copy(
+        update={"redis_url": embedded.url if embedded else settings.redis_url, "port": port}
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        handle.write(child.model_dump_json())
+    settings_file = Path(handle.name)
+    command = [sys.executable, "-m", "gateway", "serve", CHILD_FLAG, str(settings_file)]
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(settings.processes):
+            children.append(subprocess.Popen(command, preexec_fn=preexec))
+        log.info(
+            "llm-gateway: %d processes listening on http://%s:%d",
+            settings.processes,
+            settings.host,
+            port,
+        )
+        restarts: list[float] = []
+        while not stopping:
+            time.sleep(0.2)
+            for index, process in enumerate(children):
+                if stopping or process.poll() is None:
+                    continue
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > 5 * settings.processes:
+                    log.error("gateway processes keep dying; giving up")
+                    return 1
+                log.warning(
+                    "gateway process %d exited (%s); restarting it", process.pid, process.returncode
+                )
+                children[index] = subprocess.Popen(command, preexec_fn=preexec)
+        return 0
+    finally:
+        for process in children:
+            if process.poll() is None:
+                process.terminate()
+        for process in children:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if embedded is not None:
+            embedded.stop()
+        with contextlib.suppress(OSError):
+            settings_file.unlink()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def processes_arg(value: str) -> int:
+    """Parse `--processes`: a number, or `auto` for one per CPU."""
+    if value == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    return int(value)
