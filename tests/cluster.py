@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 
 from registry import EmbeddedRedis
+
 SLOTS = 16384
 
 
