@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway registry templates tests bench
-	$(BIN)/ruff format --check gateway registry templates tests bench
+	$(BIN)/ruff check gateway registry templates tests bench deploy
+	$(BIN)/ruff format --check gateway registry templates tests bench deploy
 	$(BIN)/mypy
 
 bench: $(STAMP)
