@@ -9,7 +9,8 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.app import create_app
+from gateway.app import create_app, server_options
+from gateway.metrics import MetricsConfigError
 from gateway.settings import Settings, load_settings
 from registry import EmbeddedRedisError
 
@@ -63,6 +64,13 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The access log is one JSON document per line, with nothing around it.
+    access = logging.getLogger("gateway.access")
+    access_handler = logging.StreamHandler()
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(access_handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -72,8 +80,13 @@ def serve(settings: Settings) -> int:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        app = create_app(settings)
+    except MetricsConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         web.run_app(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             access_log=None,
@@ -83,6 +96,7 @@ def serve(settings: Settings) -> int:
                 "llm-gateway listening on http://%s:%d", settings.host, settings.port
             ),
             loop=loop,
+            **server_options(settings),
         )
     except EmbeddedRedisError as exc:
         log.error("%s", exc)

@@ -9,6 +9,7 @@ goes away it retries with back-off and resyncs on return; the view keeps serving
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -45,8 +46,10 @@ class Follower:
         *,
         check_interval_s: float = 5.0,
         max_backoff_s: float = 5.0,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_error = on_error
         self._sink = sink
         self._check_interval_s = check_interval_s
         self._max_backoff_s = max_backoff_s
@@ -64,6 +67,8 @@ class Follower:
                 await self._follow()
             except (RedisError, OSError, StoreUnavailable) as exc:
                 self._sink.set_connected(False, f"registry store unreachable: {exc}")
+                if self._on_error is not None:
+                    self._on_error(exc)
                 log.warning("registry store unreachable (%s); retrying in %.1fs", exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)

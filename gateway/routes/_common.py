@@ -8,8 +8,10 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
-from gateway.router import Pool, Router
-from gateway.upstream import Stream, StreamBroken
+from gateway.observe import note_model, note_worker
+from gateway.router import Pool
+from gateway.state import ROUTER
+from gateway.upstream import Answer, Stream, StreamBroken
 from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,8 +52,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def find_pool(router: Router, model: str) -> Pool:
+def find_pool(request: web.Request, model: str) -> Pool:
     """Return the model's pool, or raise 404 (unknown) / 503 (registry not loaded yet)."""
+    note_model(request, model)
+    router = request.app[ROUTER]
     pool = router.pool(model)
     if pool is not None:
         return pool
@@ -64,6 +68,11 @@ def find_pool(router: Router, model: str) -> Pool:
         f"no worker is registered for model {model!r}; "
         "GET /api/server/workers (or /v1/models, /api/tags) lists the registered models"
     )
+
+
+def note_answer(request: web.Request, answer: Answer) -> None:
+    """Record which worker answered, after how many tries, for the access log."""
+    note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
 
 
 async def relay(
@@ -88,6 +97,7 @@ async def relay(
             "X-Accel-Buffering": "no",
         }
     )
+    note_worker(request, stream.worker.label)
     try:
         await response.prepare(request)
         try:
