@@ -16,6 +16,10 @@ from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TO
 
 M = TypeVar("M", bound=BaseModel)
 
+# Deeper bodies are refused: the JSON encoder that sends a body on to a worker stops at 254
+# levels, and no real request comes near this.
+MAX_JSON_DEPTH = 100
+
 
 async def parse(request: web.Request, model: type[M], what: str) -> M:
     """Read the body and validate it as `model`; 400 when not JSON, 422 when invalid."""
@@ -41,10 +45,24 @@ async def parse_with_raw(
         raise BadRequest(f"{what} is not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{what} must be a JSON object")
+    if not _shallow(data, MAX_JSON_DEPTH):
+        raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
     try:
         return model.model_validate(data), data
     except ValidationError as exc:
         raise invalid(exc, what) from None
+
+
+def _shallow(doc: dict[str, Any], limit: int) -> bool:
+    """Whether no container in `doc` is nested deeper than `limit` levels."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
