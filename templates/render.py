@@ -286,6 +286,11 @@ def _as_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# Control characters HTTP forbids in a header value (tab is allowed).
+_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _header_safe(value: str) -> str:
-    # A prompt placed in a header must not be able to end the header and start another.
-    return value.replace("\r", " ").replace("\n", " ")
+    # A prompt placed in a header must not be able to end the header and start another, nor
+    # hold a character the HTTP client refuses to send.
+    return _HEADER_UNSAFE.sub(" ", value)
