@@ -21,6 +21,7 @@ from yarl import URL
 
 from gateway.errors import WorkerNotAllowed
 from registry import WorkerSpec
+from templates import MODEL_NAME
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,13 +90,21 @@ def _hosts(spec: WorkerSpec) -> set[tuple[str, int]]:
     found: set[tuple[str, int]] = set()
     for op in spec.compile().operations.values():
         template = op.plan.url
-        # Rendered with two different values: a host that changes was chosen by a placeholder.
-        first = URL(template.render({n: "a" for n in template.names}, url_encode=True))
-        second = URL(template.render({n: "b" for n in template.names}, url_encode=True))
+        # Rendered twice with different request values: a host that changes would be chosen by
+        # the client. {MODEL_NAME} is the worker's own, fixed at registration.
+        urls = []
+        for sample in ("a", "b"):
+            values = {name: sample for name in template.names}
+            values[MODEL_NAME] = spec.served_model
+            try:
+                urls.append(URL(template.render(values, url_encode=True)))
+            except ValueError:
+                urls.append(URL())
+        first, second = urls
         if (first.host, first.port) != (second.host, second.port) or not first.host:
             raise WorkerNotAllowed(
                 "with worker_allowlist set, the host and port of req_url_template must be "
-                "written out, not filled in by a placeholder"
+                "written out (or come from {MODEL_NAME}), not filled in from the request"
             )
         found.add((first.host, first.port or 80))
     return found
