@@ -112,7 +112,9 @@ class Guard:
         if token is None:
             return
         given = self._bearer(request, access, f"the {access} token")
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        # Header bytes that are not UTF-8 arrive as surrogate escapes; they cannot match.
+        given_bytes = given.encode("utf-8", errors="surrogateescape")
+        if not hmac.compare_digest(given_bytes, token.get_secret_value().encode()):
             self._metrics.auth_refused(access, "rejected")
             raise Forbidden(f"the {access} token is not correct")
 

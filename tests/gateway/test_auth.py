@@ -369,3 +369,24 @@ async def test_client_authorization_never_reaches_a_worker(
         assert vllm.received[0].headers["Authorization"] == "Bearer worker-secret"
         assert custom.received[0].headers["X-Worker-Key"] == "secret"
         assert "Authorization" not in olla.received[0].headers
+
+
+async def test_garbage_credentials_get_401_or_403(make_gateway: GatewayFactory) -> None:
+    gateway = await closed_gateway(make_gateway)
+    values = [
+        b"", b"Bearer", b"Bearer  \tx", b"bearer x", b"BEARER " + ADMIN.encode(), b"Basic Zm9v",
+        b"Bearer \xff\xfe", b"Bearer " + b"x" * 6000, b"Bearer a b c", b"Token x", b"Bearer\tx",
+        "Bearer é漢".encode(), b"Bearer " + ADMIN.encode() + b"x", b"Bearer " + ADMIN[:-1].encode(),
+    ]  # fmt: skip
+    async with gateway.client() as http:
+        for value in values:
+            for method, path in (
+                ("GET", "/api/server/workers"),
+                ("POST", "/v1/chat/completions"),
+                ("GET", "/api/tags"),
+            ):
+                reply = await http.request(method, path, headers={"Authorization": value}, json={})
+                expected = (
+                    {401, 403, 200} if value.startswith(b"BEARER " + ADMIN.encode()) else {401, 403}
+                )
+                assert reply.status_code in expected, (value[:30], path, reply.text)
