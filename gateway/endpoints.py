@@ -34,6 +34,7 @@ class Endpoint:
     body: type[BaseModel] | None = None  # the pydantic model the handler validates its body as
     answer: type[BaseModel] | None = None  # the shape of a successful answer, when it has one
     streams: bool = False  # may answer a stream (SSE or NDJSON) instead of one JSON document
+    media_type: str = "application/json"  # of a successful answer
 
 
 class Routes:
@@ -48,9 +49,14 @@ class Routes:
         return iter(self._table)
 
     def get(
-        self, path: str, *, access: Access, answer: type[BaseModel] | None = None
+        self,
+        path: str,
+        *,
+        access: Access,
+        answer: type[BaseModel] | None = None,
+        media_type: str = "application/json",
     ) -> Callable[[H], H]:
-        return self._route("GET", path, access, None, answer, False)
+        return self._route("GET", path, access, None, answer, False, media_type)
 
     def post(
         self,
@@ -76,11 +82,14 @@ class Routes:
         body: type[BaseModel] | None,
         answer: type[BaseModel] | None,
         streams: bool,
+        media_type: str = "application/json",
     ) -> Callable[[H], H]:
         def register(handler: H) -> H:
             summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
             self.endpoints.append(
-                Endpoint(method, path, self.family, access, summary, body, answer, streams)
+                Endpoint(
+                    method, path, self.family, access, summary, body, answer, streams, media_type
+                )
             )
             self._table.route(method, path)(handler)
             return handler

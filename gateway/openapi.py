@@ -125,7 +125,9 @@ def _operation(
     answer: dict[str, Any] = {"type": "object"}
     if endpoint.answer is not None:
         answer = refs[(endpoint.answer, "serialization")]
-    content: dict[str, Any] = {"application/json": {"schema": answer}}
+    if endpoint.media_type != "application/json":
+        answer = {"type": "string"}
+    content: dict[str, Any] = {endpoint.media_type: {"schema": answer}}
     stream_type = _STREAM_TYPES.get(endpoint.family)
     if endpoint.streams and stream_type is not None:
         content[stream_type] = {"schema": {"type": "string"}}

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from redis.asyncio import Redis
 
 from registry.errors import UnknownApiKey
@@ -96,8 +96,9 @@ class NewApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    requests_per_minute: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    max_concurrent: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Strict: `true` is not a limit of 1.
+    requests_per_minute: Annotated[StrictInt, Field(ge=1, le=10_000_000)] | None = None
+    max_concurrent: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
 
 
 class ApiKey(BaseModel):

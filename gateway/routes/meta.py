@@ -9,7 +9,7 @@ from gateway.state import METRICS
 routes = Routes("system")
 
 
-@routes.get("/metrics", access="metrics")
+@routes.get("/metrics", access="metrics", media_type="text/plain")
 async def metrics(request: web.Request) -> web.Response:
     """Every metric of the gateway in the Prometheus text format."""
     scrape = request.app[METRICS]
