@@ -2,14 +2,17 @@
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import ollama
 import openai
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
+from gateway import Settings, create_app
 from tests.conftest import Gateway, GatewayFactory, ProtocolWorkerFactory, WorkerFactory
 from tests.gateway.test_openai_api import preset_registration
 from tests.gateway.test_seed_api import seed_registration
@@ -390,3 +393,28 @@ async def test_garbage_credentials_get_401_or_403(make_gateway: GatewayFactory) 
                     {401, 403, 200} if value.startswith(b"BEARER " + ADMIN.encode()) else {401, 403}
                 )
                 assert reply.status_code in expected, (value[:30], path, reply.text)
+
+
+async def test_a_route_missing_from_the_catalogue_is_an_admin_route(
+    redis_url: str, key_prefix: str, tmp_path: Path, redis: Redis
+) -> None:
+    """A route added without declaring its access (say, a heartbeat) is closed, not open."""
+    settings = Settings(
+        port=0, redis_url=redis_url, key_prefix=key_prefix, data_dir=tmp_path, admin_token=ADMIN
+    )
+    app = create_app(settings)
+
+    async def heartbeat(request: web.Request) -> web.Response:
+        return web.json_response({"success": True})
+
+    app.router.add_post("/api/server/heartbeat", heartbeat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.addresses[0][1]}") as http:
+            assert (await http.post("/api/server/heartbeat")).status_code == 401
+            reply = await http.post("/api/server/heartbeat", headers=ADMIN_HEADERS)
+            assert reply.status_code == 200
+    finally:
+        await runner.cleanup()
