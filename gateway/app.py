@@ -4,19 +4,38 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 from aiohttp import web
 
+from gateway import openapi
+from gateway.allowlist import AllowList
+from gateway.auth import GUARD, Guard, access_middleware
+from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.health import HealthChecker, reap_expired
+from gateway.metrics import Metrics
+from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Ejection, Router
-from gateway.routes import admin, ollama, openai, probes, seed
+from gateway.routes import admin, keys, meta, ollama, openai, probes, seed
 from gateway.settings import Settings
-from gateway.state import FOLLOWER, HEALTH, REDIS, ROUTER, SESSION, SETTINGS, STORE, UPSTREAM
+from gateway.state import (
+    ALLOWLIST,
+    API_KEYS,
+    CATALOGUE,
+    FOLLOWER,
+    HEALTH,
+    METRICS,
+    REDIS,
+    ROUTER,
+    SESSION,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from gateway.upstream import Upstream
-from registry import REDIS_ERRORS, EmbeddedRedis, Follower, RegistryStore, connect
+from registry import REDIS_ERRORS, ApiKeyStore, EmbeddedRedis, Follower, RegistryStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +43,77 @@ _REDIS_URL = web.AppKey("redis_url", str)
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Return the gateway application for `settings`; resources start with the app."""
+    """Return the gateway application for `settings`; resources start with the app.
+
+    Raises MetricsConfigError when multiprocess metrics are set up wrongly.
+    """
+    # Outermost first: observe sees every answer (errors rendered by error_middleware, which
+    # also renders the 401/403/429 raised by access_middleware).
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_request_bytes
+        middlewares=[observe_middleware, error_middleware, access_middleware],
+        client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
-    app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
+    router = app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
+    metrics = app[METRICS] = Metrics(multiproc_dir=settings.metrics_multiproc_dir)
+    metrics.watch_registry(lambda: _registry_size(router))
+    app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
+    tables = [
+        admin.routes,
+        keys.routes,
+        seed.routes,
+        openai.routes,
+        ollama.routes,
+        probes.routes,
+        meta.routes,
+    ]
+    for table in tables:
+        app.add_routes(table)
+    app[CATALOGUE] = Catalogue(tables)
+    app[openapi.OPENAPI] = openapi.document(app[CATALOGUE], settings)
+    app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.extend(
-        [_redis_server, _redis_client, _upstream, _follower, _health_checker, _reaper]
+        [
+            _metrics,
+            _redis_server,
+            _redis_client,
+            _upstream,
+            _follower,
+            _health_checker,
+            _reaper,
+        ]
     )
-    app.add_routes(admin.routes)
-    app.add_routes(seed.routes)
-    app.add_routes(openai.routes)
-    app.add_routes(ollama.routes)
-    app.add_routes(probes.routes)
     return app
+
+
+class ServerOptions(TypedDict):
+    max_line_size: int
+    max_field_size: int
+    max_headers: int
+
+
+def server_options(settings: Settings) -> ServerOptions:
+    """Return the HTTP parser limits for aiohttp's server (`web.run_app`, `web.AppRunner`)."""
+    return ServerOptions(
+        max_line_size=settings.max_request_line_bytes,
+        max_field_size=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
+
+
+def _registry_size(router: Router) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for worker in router.workers():
+        model = worker.record.model_name
+        sizes[model] = sizes.get(model, 0) + 1
+    return sizes
+
+
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        app[METRICS].close()
 
 
 async def _redis_server(app: web.Application) -> AsyncIterator[None]:
@@ -68,6 +143,12 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     redis = connect(app[_REDIS_URL], connect_timeout_s=settings.redis_connect_timeout_s)
     app[REDIS] = redis
     app[STORE] = RegistryStore(redis, settings.key_prefix)
+    app[API_KEYS] = ApiKeyStore(redis, settings.key_prefix)
+    guard = app[GUARD] = Guard(settings, app[API_KEYS], app[METRICS])
+    if guard.open:
+        log.warning("%s", guard.describe())
+    else:
+        log.info("%s", guard.describe())
     for attempt in range(3):
         try:
             await redis.ping()
@@ -137,8 +218,12 @@ async def _background(
 
 async def _follower(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    metrics = app[METRICS]
     follower = Follower(
-        app[STORE], app[ROUTER], check_interval_s=settings.registry_check_interval_s
+        app[STORE],
+        app[ROUTER],
+        check_interval_s=settings.registry_check_interval_s,
+        on_error=lambda _exc: metrics.redis_error("follower"),
     )
     app[FOLLOWER] = follower
     async with _background("registry-follower", follower.run):

@@ -10,7 +10,8 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.app import create_app
+from gateway.app import create_app, server_options
+from gateway.metrics import MetricsConfigError
 from gateway.settings import Settings, load_settings
 from gateway.supervisor import CHILD_FLAG, processes_arg, supervise
 from registry import EmbeddedRedisError
@@ -82,6 +83,13 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The access log is one JSON document per line, with nothing around it.
+    access = logging.getLogger("gateway.access")
+    access_handler = logging.StreamHandler()
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(access_handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -91,8 +99,13 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        app = create_app(settings)
+    except MetricsConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         web.run_app(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             access_log=None,
@@ -106,6 +119,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
                 settings.port,
             ),
             loop=loop,
+            **server_options(settings),
         )
     except EmbeddedRedisError as exc:
         log.error("%s", exc)

@@ -1,15 +1,20 @@
 """Every error the gateway answers with, drawn as one tree, and the middleware that renders it.
 
     GatewayError(status, code, message)
-    ├── BadRequest           400  malformed body (not JSON, not UTF-8)
+    ├── BadRequest           400  malformed body (not JSON, not UTF-8, nested too deep)
+    ├── Unauthorized         401  no credentials (admin token, API key) where one is needed
+    ├── Forbidden            403  credentials given but not accepted
     ├── NotFound             404  no such route
     │   ├── UnknownModel     404  no worker registered for the model
-    │   └── UnknownWorker    404  no worker with that identity
+    │   ├── UnknownWorker    404  no worker with that identity
+    │   └── UnknownKey       404  no API key with that id
     ├── MethodNotAllowed     405
     ├── Conflict             409  worker already registered
     ├── PayloadTooLarge      413
     ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
+    │   └── WorkerNotAllowed 422  the worker's host is outside worker_allowlist
     ├── Overloaded           429  every worker of the model is at its max_concurrency
+    ├── RateLimited          429  an API key is over its limits (with Retry-After)
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
@@ -18,7 +23,7 @@
 
 Handlers raise; `error_middleware` picks the body shape of the route family: the seed's
 `{"success": false, "msg"}`, OpenAI's `{"error": {"message", "type", "code"}}` or Ollama's
-`{"error": "..."}`.
+`{"error": "..."}`, and leaves the error on the request (`ERROR`) for the access log.
 """
 
 import logging
@@ -29,7 +34,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from registry import DuplicateWorker, RegistryError
+from registry import DuplicateWorker, RegistryError, UnknownApiKey
 from registry import StoreUnavailable as StoreDown
 from registry import UnknownWorker as NoSuchWorker
 
@@ -51,6 +56,14 @@ class BadRequest(GatewayError):
     status, code, openai_type = 400, "bad_request", "invalid_request_error"
 
 
+class Unauthorized(GatewayError):
+    status, code, openai_type = 401, "unauthorized", "authentication_error"
+
+
+class Forbidden(GatewayError):
+    status, code, openai_type = 403, "forbidden", "permission_error"
+
+
 class NotFound(GatewayError):
     status, code, openai_type = 404, "not_found", "invalid_request_error"
 
@@ -61,6 +74,10 @@ class UnknownModel(NotFound):
 
 class UnknownWorker(NotFound):
     code = "worker_not_found"
+
+
+class UnknownKey(NotFound):
+    code = "api_key_not_found"
 
 
 class MethodNotAllowed(GatewayError):
@@ -79,8 +96,16 @@ class InvalidRequest(GatewayError):
     status, code, openai_type = 422, "invalid_request", "invalid_request_error"
 
 
+class WorkerNotAllowed(InvalidRequest):
+    code = "worker_not_allowed"
+
+
 class Overloaded(GatewayError):
     status, code, openai_type = 429, "workers_busy", "rate_limit_error"
+
+
+class RateLimited(GatewayError):
+    status, code, openai_type = 429, "rate_limited", "rate_limit_error"
 
 
 class UpstreamError(GatewayError):
@@ -124,6 +149,8 @@ def _from_registry(exc: RegistryError) -> GatewayError:
         return Conflict(str(exc))
     if isinstance(exc, NoSuchWorker):
         return UnknownWorker(str(exc))
+    if isinstance(exc, UnknownApiKey):
+        return UnknownKey(str(exc))
     if isinstance(exc, StoreDown):
         return StoreUnavailable(str(exc), headers={"Retry-After": "1"})
     return GatewayError(str(exc))
@@ -181,19 +208,23 @@ def render(request: web.Request, err: GatewayError) -> web.Response:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+ERROR = web.RequestKey("error", GatewayError)
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as err:
-        return render(request, err)
+        error = err
     except RegistryError as exc:
-        return render(request, _from_registry(exc))
+        error = _from_registry(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return render(request, _from_http(exc, request))
+        error = _from_http(exc, request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(request, GatewayError("internal gateway error; see the gateway's log"))
+        error = GatewayError("internal gateway error; see the gateway's log")
+    request[ERROR] = error
+    return render(request, error)

@@ -1,17 +1,36 @@
 """The one settings object: defaults < config file (TOML) < GATEWAY_* env vars < CLI flags."""
 
+import ipaddress
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from registry import check_url
 
 ENV_PREFIX = "GATEWAY_"
+# prometheus_client's own switch for multiprocess mode; read here so nothing else reads it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_ALLOW_ENTRY = re.compile(r"^(\*\.)?[A-Za-z0-9_.:-]+(/\d{1,3})?$")
+
+
+def _looks_like_ip(entry: str) -> bool:
+    host = entry.partition("/")[0]
+    return ":" in host or bool(re.fullmatch(r"[0-9.]+", host))
 
 
 def default_data_dir() -> Path:
@@ -26,7 +45,8 @@ def default_data_dir() -> Path:
 class Settings(BaseModel):
     """Everything the gateway can be configured with; built once at start."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs stay out of error messages: some settings are secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8007
@@ -72,6 +92,70 @@ class Settings(BaseModel):
     def _known_scheme(cls, value: str | None) -> str | None:
         return check_url(value) if value else None
 
+    # Access control (docs/operations.md).
+    admin_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+    metrics_token: Annotated[SecretStr, Field(min_length=16)] | None = None
+    require_api_keys: bool = False
+    api_key_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    api_key_cache_size: Annotated[int, Field(ge=1)] = 10_000
+    api_key_lease_s: Annotated[float, Field(gt=0)] = 900.0
+    worker_allowlist: tuple[str, ...] = ()
+
+    # Limits on what clients send (aiohttp's HTTP parser; body size is max_request_bytes).
+    max_request_line_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8190
+    max_header_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8190
+    max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+
+    # Observability.
+    access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
+    metrics_multiproc_dir: Path | None = None
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log_switch(cls, value: Any) -> Any:
+        """Accept "off" / "on" (or booleans) as well as a sampling ratio."""
+        if isinstance(value, bool):
+            return 1.0 if value else 0.0
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in ("off", "false", "no"):
+                return 0.0
+            if word in ("on", "true", "yes"):
+                return 1.0
+        return value
+
+    @field_validator("worker_allowlist", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Accept a comma-separated string (an env var) as well as a list."""
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("worker_allowlist")
+    @classmethod
+    def _allowlist_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _ALLOW_ENTRY.match(entry):
+                raise ValueError(
+                    f"{entry!r} is neither an IP address, a CIDR network (10.0.0.0/8) nor a "
+                    "host name (models.internal, *.models.internal)"
+                )
+            if _looks_like_ip(entry):
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{entry!r} is not a valid network: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _keys_need_admin(self) -> "Settings":
+        if self.require_api_keys and self.admin_token is None:
+            raise ValueError(
+                "require_api_keys needs admin_token: without it anyone could create API keys"
+            )
+        return self
+
 
 def load_settings(
     cli: Mapping[str, Any] | None = None,
@@ -90,6 +174,8 @@ def load_settings(
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = raw
+    if "metrics_multiproc_dir" not in values and environ.get(MULTIPROC_ENV):
+        values["metrics_multiproc_dir"] = environ[MULTIPROC_ENV]
     values.update({key: value for key, value in (cli or {}).items() if value is not None})
     return Settings.model_validate(values)
 

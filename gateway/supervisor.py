@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,8 +58,19 @@ def supervise(settings: Settings) -> int:
             settings.data_dir,
         )
     port = settings.port or _free_port(settings.host)
+    # Metrics of all processes are summed at scrape time from files in one directory
+    # (prometheus_client's multiprocess mode, switched on by the environment variable).
+    metrics_dir = settings.metrics_multiproc_dir
+    own_metrics_dir = metrics_dir is None
+    if metrics_dir is None:
+        metrics_dir = Path(tempfile.mkdtemp(prefix="llmgw-metrics-"))
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     child = settings.model_copy(
-        update={"redis_url": embedded.url if embedded else settings.redis_url, "port": port}
+        update={
+            "redis_url": embedded.url if embedded else settings.redis_url,
+            "port": port,
+            "metrics_multiproc_dir": metrics_dir,
+        }
     )
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         handle.write(child.model_dump_json())
@@ -68,7 +80,7 @@ def supervise(settings: Settings) -> int:
     children: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(settings.processes):
-            children.append(subprocess.Popen(command, preexec_fn=preexec))
+            children.append(subprocess.Popen(command, preexec_fn=preexec, env=env))
         log.info(
             "llm-gateway: %d processes listening on http://%s:%d",
             settings.processes,
@@ -89,7 +101,7 @@ def supervise(settings: Settings) -> int:
                 log.warning(
                     "gateway process %d exited (%s); restarting it", process.pid, process.returncode
                 )
-                children[index] = subprocess.Popen(command, preexec_fn=preexec)
+                children[index] = subprocess.Popen(command, preexec_fn=preexec, env=env)
         return 0
     finally:
         for process in children:
@@ -105,6 +117,8 @@ def supervise(settings: Settings) -> int:
             embedded.stop()
         with contextlib.suppress(OSError):
             settings_file.unlink()
+        if own_metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _free_port(host: str) -> int:

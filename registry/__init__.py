@@ -1,8 +1,15 @@
 """The worker registry: records, validation, the Redis store and its change events."""
 
+from registry.apikeys import Admission, ApiKey, ApiKeyStore, NewApiKey, hash_key
 from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
-from registry.errors import DuplicateWorker, RegistryError, StoreUnavailable, UnknownWorker
+from registry.errors import (
+    DuplicateWorker,
+    RegistryError,
+    StoreUnavailable,
+    UnknownApiKey,
+    UnknownWorker,
+)
 from registry.lease import Lease
 from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
 from registry.store import REDIS_ERRORS, RegistryStore
@@ -10,6 +17,9 @@ from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "REDIS_ERRORS",
+    "Admission",
+    "ApiKey",
+    "ApiKeyStore",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
@@ -17,10 +27,12 @@ __all__ = [
     "Follower",
     "Health",
     "Lease",
+    "NewApiKey",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
     "StoreUnavailable",
+    "UnknownApiKey",
     "UnknownWorker",
     "ViewSink",
     "WorkerKey",
@@ -28,5 +40,6 @@ __all__ = [
     "WorkerSpec",
     "check_url",
     "connect",
+    "hash_key",
     "pause",
 ]

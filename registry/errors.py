@@ -15,3 +15,7 @@ class UnknownWorker(RegistryError):
 
 class StoreUnavailable(RegistryError):
     """Redis could not be reached or answered with an error."""
+
+
+class UnknownApiKey(RegistryError):
+    """No API key with that id exists (never created, or revoked)."""

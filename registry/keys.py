@@ -53,3 +53,21 @@ class Keys:
     def events(self) -> str:
         """Pub/sub channel carrying one change event per write."""
         return f"{self._tag}:events"
+
+    @property
+    def api_keys(self) -> str:
+        """Hash: API key id -> key record (JSON with the key's SHA-256, never the key)."""
+        return f"{self._tag}:apikeys"
+
+    @property
+    def api_key_hashes(self) -> str:
+        """Hash: SHA-256 of an API key -> the key's id."""
+        return f"{self._tag}:apikey-hashes"
+
+    def rate(self, key_id: str) -> str:
+        """Hash: the key's request counts this minute and the last (`w`, `n`, `p`)."""
+        return f"{self._tag}:rate:{key_id}"
+
+    def in_flight(self, key_id: str) -> str:
+        """Sorted set: the key's requests in progress, scored by their start (ms)."""
+        return f"{self._tag}:inflight:{key_id}"

@@ -11,6 +11,7 @@ from templates import TemplateError, WorkerPlan, compile_worker
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what HTTP forbids (tab is fine)
 
 ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -64,6 +65,8 @@ class WorkerSpec(BaseModel):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
             if "\r" in item or "\n" in item:
                 raise ValueError(f"header {name!r} must not contain line breaks")
+            if _HEADER_CONTROL.search(item):
+                raise ValueError(f"header {name!r} must not contain control characters")
         return value
 
     @field_validator("health_url")

@@ -9,6 +9,7 @@ goes away it retries with back-off and resyncs on return; the view keeps serving
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from registry.errors import StoreUnavailable
@@ -45,8 +46,10 @@ class Follower:
         *,
         check_interval_s: float = 5.0,
         max_backoff_s: float = 5.0,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_error = on_error
         self._sink = sink
         self._check_interval_s = check_interval_s
         self._max_backoff_s = max_backoff_s
@@ -66,6 +69,8 @@ class Follower:
                 await self._follow(stop)
             except (*REDIS_ERRORS, StoreUnavailable) as exc:
                 self._sink.set_connected(False, f"registry store unreachable: {exc}")
+                if self._on_error is not None:
+                    self._on_error(exc)
                 log.warning("registry store unreachable (%s); retrying in %.1fs", exc, backoff_s)
                 await pause(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)

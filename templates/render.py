@@ -139,8 +139,10 @@ def compile_body(body: Any) -> BodyTemplate:
         return "".join(pieces)
 
     marked = orjson.dumps(mark(body))
+    # A quoted marker is a whole JSON string (a typed slot) only when its opening quote is not
+    # an escaped one: `"a \"{USER_PROMPT}"` holds the marker inside a longer string.
     pattern = re.compile(
-        rb'"@@' + nonce.encode() + rb":(\d+)@@\"|@@" + nonce.encode() + rb":(\d+)@@"
+        rb'(?<!\\)"@@' + nonce.encode() + rb":(\d+)@@\"|@@" + nonce.encode() + rb":(\d+)@@"
     )
     segments: list[bytes | _Slot] = []
     pos = 0
@@ -211,9 +213,14 @@ class RequestPlan:
     body: BodyTemplate | None
 
     def render(self, values: Values) -> RenderedRequest:
-        headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
-        body = self.body.render(values) if self.body is not None else None
-        return RenderedRequest(self.method, self.url.render(values, url_encode=True), headers, body)
+        """Fill in `values`; raise TemplateError for a value JSON cannot carry (nested too deep)."""
+        try:
+            headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
+            body = self.body.render(values) if self.body is not None else None
+            url = self.url.render(values, url_encode=True)
+        except orjson.JSONEncodeError as exc:
+            raise TemplateError(f"a request value cannot be sent as JSON: {exc}") from exc
+        return RenderedRequest(self.method, url, headers, body)
 
 
 def compile_request(
@@ -279,6 +286,11 @@ def _as_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# Control characters HTTP forbids in a header value (tab is allowed).
+_HEADER_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _header_safe(value: str) -> str:
-    # A prompt placed in a header must not be able to end the header and start another.
-    return value.replace("\r", " ").replace("\n", " ")
+    # A prompt placed in a header must not be able to end the header and start another, nor
+    # hold a character the HTTP client refuses to send.
+    return _HEADER_UNSAFE.sub(" ", value)

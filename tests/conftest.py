@@ -18,6 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway import Settings, create_app
+from gateway.app import server_options
 from registry import EmbeddedRedis
 from tests.workers import FakeWorker, ProtocolWorker
 
@@ -89,8 +90,11 @@ async def make_gateway(
             "registry_check_interval_s": 1.0,
         }
         values.update(overrides)
-        app = create_app(Settings(**values))
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        settings = Settings(**values)
+        app = create_app(settings)
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, **server_options(settings)
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

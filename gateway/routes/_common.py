@@ -8,11 +8,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
-from gateway.router import Pool, Router
-from gateway.upstream import Stream, StreamBroken
+from gateway.observe import note_model, note_worker
+from gateway.router import Pool
+from gateway.state import ROUTER
+from gateway.upstream import Answer, Stream, StreamBroken
 from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
 
 M = TypeVar("M", bound=BaseModel)
+
+# Deeper bodies are refused: the JSON encoder that sends a body on to a worker stops at 254
+# levels, and no real request comes near this.
+MAX_JSON_DEPTH = 100
 
 
 async def parse(request: web.Request, model: type[M], what: str) -> M:
@@ -39,10 +45,24 @@ async def parse_with_raw(
         raise BadRequest(f"{what} is not valid JSON ({exc}); send a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"{what} must be a JSON object")
+    if not _shallow(data, MAX_JSON_DEPTH):
+        raise BadRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
     try:
         return model.model_validate(data), data
     except ValidationError as exc:
         raise invalid(exc, what) from None
+
+
+def _shallow(doc: dict[str, Any], limit: int) -> bool:
+    """Whether no container in `doc` is nested deeper than `limit` levels."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -50,8 +70,10 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def find_pool(router: Router, model: str) -> Pool:
+def find_pool(request: web.Request, model: str) -> Pool:
     """Return the model's pool, or raise 404 (unknown) / 503 (registry not loaded yet)."""
+    note_model(request, model)
+    router = request.app[ROUTER]
     pool = router.pool(model)
     if pool is not None:
         return pool
@@ -64,6 +86,11 @@ def find_pool(router: Router, model: str) -> Pool:
         f"no worker is registered for model {model!r}; "
         "GET /api/server/workers (or /v1/models, /api/tags) lists the registered models"
     )
+
+
+def note_answer(request: web.Request, answer: Answer) -> None:
+    """Record which worker answered, after how many tries, for the access log."""
+    note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
 
 
 async def relay(
@@ -88,6 +115,7 @@ async def relay(
             "X-Accel-Buffering": "no",
         }
     )
+    note_worker(request, stream.worker.label)
     try:
         await response.prepare(request)
         try:

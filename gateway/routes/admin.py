@@ -1,22 +1,49 @@
 """The seed's registry routes: register, list and take workers offline."""
 
 import time
+from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
+from gateway.endpoints import Routes
 from gateway.routes._common import json_response, parse
-from gateway.state import ROUTER, STORE
+from gateway.state import ALLOWLIST, ROUTER, STORE
 from registry import RegisterRequest, WorkerKey, WorkerRecord
 from templates import presets
 
-routes = web.RouteTableDef()
+routes = Routes("admin")
 
 
-@routes.post("/api/server/register")
+class Done(BaseModel):
+    """A registry change succeeded."""
+
+    success: bool
+    msg: str
+
+
+class Registered(Done):
+    id: str
+
+
+class Beat(Done):
+    ttl_s: float | None
+
+
+class Listing(BaseModel):
+    """A list of records (workers, presets or API keys)."""
+
+    success: bool
+    data: list[dict[str, Any]]
+
+
+@routes.post("/api/server/register", access="admin", body=RegisterRequest, answer=Registered)
 async def register(request: web.Request) -> web.Response:
     """Register a worker (or replace it with "replace": true)."""
     body = await parse(request, RegisterRequest, "register request")
-    record = WorkerRecord.from_spec(body.spec())
+    spec = body.spec()
+    await request.app[ALLOWLIST].check(spec)
+    record = WorkerRecord.from_spec(spec)
     change = await request.app[STORE].put(record, replace=body.replace)
     request.app[ROUTER].apply_local(change)
     verb = "replace" if body.replace else "register"
@@ -25,7 +52,7 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/api/server/workers")
+@routes.get("/api/server/workers", access="admin", answer=Listing)
 async def workers(request: web.Request) -> web.Response:
     """List registered workers (optionally of one model); header values are never shown."""
     model = request.query.get("model_name")
@@ -58,7 +85,7 @@ async def workers(request: web.Request) -> web.Response:
     return json_response({"success": True, "data": listed})
 
 
-@routes.post("/api/server/offline")
+@routes.post("/api/server/offline", access="admin", body=WorkerKey, answer=Done)
 async def offline(request: web.Request) -> web.Response:
     """Remove a worker by its identity (model_name, req_url_template)."""
     key = await parse(request, WorkerKey, "offline request")
@@ -73,7 +100,7 @@ async def offline(request: web.Request) -> web.Response:
     )
 
 
-@routes.post("/api/server/heartbeat")
+@routes.post("/api/server/heartbeat", access="admin", body=WorkerKey, answer=Beat)
 async def heartbeat(request: web.Request) -> web.Response:
     """Keep a worker registered with ttl_s alive for another ttl_s."""
     key = await parse(request, WorkerKey, "heartbeat request")
@@ -81,7 +108,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     return json_response({"success": True, "msg": "heartbeat received", "ttl_s": ttl_s or None})
 
 
-@routes.get("/api/server/presets")
+@routes.get("/api/server/presets", access="admin", answer=Listing)
 async def list_presets(request: web.Request) -> web.Response:
     """Show the built-in presets (protocol, paths and templates) a worker can register with."""
     return json_response({"success": True, "data": list(presets.all_presets().values())})

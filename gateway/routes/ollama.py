@@ -13,10 +13,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.endpoints import Routes
 from gateway.routes._common import (
     chat_values,
     find_pool,
     json_response,
+    note_answer,
     parse_with_raw,
     prompt_values,
     relay,
@@ -26,7 +28,7 @@ from gateway.state import ROUTER, UPSTREAM
 from gateway.upstream import Answer, Call
 from templates import USER_PROMPT
 
-routes = web.RouteTableDef()
+routes = Routes("ollama")
 
 VERSION = "0.6.0"  # the Ollama API version whose shapes these routes follow
 
@@ -80,7 +82,7 @@ def _max_tokens(options: Options) -> int | None:
     return options.num_predict if options.num_predict and options.num_predict > 0 else None
 
 
-@routes.get("/api/tags")
+@routes.get("/api/tags", access="inference")
 async def tags(request: web.Request) -> web.Response:
     """List every model that has at least one worker."""
     models = [
@@ -90,13 +92,13 @@ async def tags(request: web.Request) -> web.Response:
     return json_response({"models": models})
 
 
-@routes.get("/api/version")
+@routes.get("/api/version", access="public")
 async def version(request: web.Request) -> web.Response:
     """Answer the Ollama API version these routes follow."""
     return json_response({"version": VERSION})
 
 
-@routes.post("/api/chat")
+@routes.post("/api/chat", access="inference", body=ChatRequest, streams=True)
 async def chat(request: web.Request) -> web.StreamResponse:
     """Chat with a model; NDJSON stream unless `"stream": false`."""
     body, raw = await parse_with_raw(request, ChatRequest, "chat request")
@@ -122,7 +124,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _answer(request, body.model, call, shape)
 
 
-@routes.post("/api/generate")
+@routes.post("/api/generate", access="inference", body=GenerateRequest, streams=True)
 async def generate(request: web.Request) -> web.StreamResponse:
     """Complete a prompt; NDJSON stream unless `"stream": false`."""
     body, raw = await parse_with_raw(request, GenerateRequest, "generate request")
@@ -149,13 +151,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return await _answer(request, body.model, call, shape)
 
 
-@routes.post("/api/embed")
+@routes.post("/api/embed", access="inference", body=EmbedRequest)
 async def embed(request: web.Request) -> web.Response:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbedRequest, "embed request")
-    pool = find_pool(request.app[ROUTER], body.model)
+    pool = find_pool(request, body.model)
     call = Call("ollama", "embedding", {USER_PROMPT: body.input}, raw, stream=False)
     answer = await request.app[UPSTREAM].complete(pool, call)
+    note_answer(request, answer)
     if answer.raw is not None:
         return web.Response(body=answer.raw, content_type="application/json")
     return json_response({"model": body.model, "embeddings": vectors(answer.value)})
@@ -167,10 +170,11 @@ async def _answer(
     call: Call,
     shape: Callable[[str, bool], dict[str, Any]],
 ) -> web.StreamResponse:
-    pool = find_pool(request.app[ROUTER], model)
+    pool = find_pool(request, model)
     upstream = request.app[UPSTREAM]
     if not call.stream:
         answer: Answer = await upstream.complete(pool, call)
+        note_answer(request, answer)
         if answer.raw is not None:
             return web.Response(body=answer.raw, content_type="application/json")
         return json_response(shape(answer.text, True))

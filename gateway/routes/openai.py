@@ -14,10 +14,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.endpoints import Routes
 from gateway.routes._common import (
     chat_values,
     find_pool,
     json_response,
+    note_answer,
     parse_with_raw,
     prompt_values,
     relay,
@@ -27,7 +29,7 @@ from gateway.state import ROUTER, UPSTREAM
 from gateway.upstream import Answer, Call
 from templates import USER_PROMPT
 
-routes = web.RouteTableDef()
+routes = Routes("openai")
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(ge=0, le=1)]
@@ -73,7 +75,7 @@ class EmbeddingRequest(BaseModel):
     input: str | Annotated[list[str], Field(min_length=1)]
 
 
-@routes.get("/v1/models")
+@routes.get("/v1/models", access="inference")
 async def models(request: web.Request) -> web.Response:
     """List every model that has at least one worker."""
     data = [
@@ -83,7 +85,7 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data})
 
 
-@routes.post("/v1/chat/completions")
+@routes.post("/v1/chat/completions", access="inference", body=ChatCompletionRequest, streams=True)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Chat with a model, whole or as server-sent events."""
     body, raw = await parse_with_raw(request, ChatCompletionRequest, "chat completion request")
@@ -129,7 +131,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
 
 
-@routes.post("/v1/completions")
+@routes.post("/v1/completions", access="inference", body=CompletionRequest, streams=True)
 async def completions(request: web.Request) -> web.StreamResponse:
     """Complete a prompt, whole or as server-sent events."""
     body, raw = await parse_with_raw(request, CompletionRequest, "completion request")
@@ -160,13 +162,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     )
 
 
-@routes.post("/v1/embeddings")
+@routes.post("/v1/embeddings", access="inference", body=EmbeddingRequest)
 async def embeddings(request: web.Request) -> web.Response:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbeddingRequest, "embedding request")
-    pool = find_pool(request.app[ROUTER], body.model)
+    pool = find_pool(request, body.model)
     call = Call("openai", "embedding", {USER_PROMPT: body.input}, raw, stream=False)
     answer = await request.app[UPSTREAM].complete(pool, call)
+    note_answer(request, answer)
     if answer.raw is not None:
         return web.Response(body=answer.raw, content_type="application/json")
     data = [
@@ -185,10 +188,11 @@ async def _answer(
     piece: Callable[[str], bytes],
     finish: bytes,
 ) -> web.StreamResponse:
-    pool = find_pool(request.app[ROUTER], model)
+    pool = find_pool(request, model)
     upstream = request.app[UPSTREAM]
     if not call.stream:
         answer = await upstream.complete(pool, call)
+        note_answer(request, answer)
         if answer.raw is not None:
             return web.Response(body=answer.raw, content_type="application/json")
         return json_response(whole(answer))

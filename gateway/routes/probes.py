@@ -4,19 +4,20 @@ import os
 
 from aiohttp import web
 
+from gateway.endpoints import Routes
 from gateway.routes._common import json_response
 from gateway.state import ROUTER
 
-routes = web.RouteTableDef()
+routes = Routes("system")
 
 
-@routes.get("/healthz")
+@routes.get("/healthz", access="public")
 async def healthz(request: web.Request) -> web.Response:
     """Answer 200 while the process runs."""
     return json_response({"status": "ok", "pid": os.getpid()})
 
 
-@routes.get("/readyz")
+@routes.get("/readyz", access="public")
 async def readyz(request: web.Request) -> web.Response:
     """Answer 200 when the registry view is loaded and Redis answers, else 503 with why."""
     router = request.app[ROUTER]

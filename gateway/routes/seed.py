@@ -5,12 +5,13 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.routes._common import find_pool, json_response, parse
-from gateway.state import ROUTER, SETTINGS, UPSTREAM
+from gateway.endpoints import Routes
+from gateway.routes._common import find_pool, json_response, note_answer, parse
+from gateway.state import SETTINGS, UPSTREAM
 from gateway.upstream import Call
 from templates import MESSAGES, MODEL_TEMPERATURE, USER_PROMPT
 
-routes = web.RouteTableDef()
+routes = Routes("seed")
 
 
 class SeedChatRequest(BaseModel):
@@ -23,12 +24,22 @@ class SeedChatRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
 
 
-@routes.post("/api/v1/chat/completions")
+class SeedChatAnswer(BaseModel):
+    """Answer of POST /api/v1/chat/completions."""
+
+    success: bool
+    msg: str
+    result: str
+
+
+@routes.post(
+    "/api/v1/chat/completions", access="inference", body=SeedChatRequest, answer=SeedChatAnswer
+)
 async def chat(request: web.Request) -> web.Response:
     """Send `input` to a worker of `model_name` and answer with the extracted text."""
     body = await parse(request, SeedChatRequest, "chat request")
     app = request.app
-    pool = find_pool(app[ROUTER], body.model_name)
+    pool = find_pool(request, body.model_name)
     temperature = body.temperature
     if temperature is None:
         temperature = app[SETTINGS].default_temperature
@@ -39,4 +50,5 @@ async def chat(request: web.Request) -> web.Response:
     }
     call = Call("seed", "chat", values, None, stream=False)
     answer = await app[UPSTREAM].complete(pool, call)
+    note_answer(request, answer)
     return json_response({"success": True, "msg": "execute succeed", "result": answer.text})

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,8 +25,14 @@ def test_processes_share_one_port_and_stop_together(data_dir: Path, tmp_path: Pa
         pids = set()
         # A fresh connection per request: the kernel spreads them over the processes.
         with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            for _ in range(40):
-                pids.add(client.get(f"{served.url}/healthz").json()["pid"])
+            # The second process may still be starting when the first answers /readyz.
+            asked = []
+            for _ in range(400):
+                asked.append(client.get(f"{served.url}/healthz").json()["pid"])
+                pids.add(asked[-1])
+                if len(pids) == 2 and len(asked) >= 40:
+                    break
+                time.sleep(0.01)
             assert len(pids) == 2
             body = {
                 "model_name": "m",
@@ -38,6 +45,14 @@ def test_processes_share_one_port_and_stop_together(data_dir: Path, tmp_path: Pa
             for _ in range(40):
                 listed.append(len(client.get(f"{served.url}/api/server/workers").json()["data"]))
             assert listed[-20:] == [1] * 20, listed
+            # A scrape of any process counts the requests of all of them.
+            scrape = client.get(f"{served.url}/metrics").text
+            counted = [
+                float(line.rsplit(" ", 1)[1])
+                for line in scrape.splitlines()
+                if line.startswith("gateway_requests_total{") and "healthz" in line
+            ]
+            assert sum(counted) == len(asked), scrape
         assert len(embedded_pids(data_dir)) == 1
     finally:
         served.process.send_signal(signal.SIGTERM)

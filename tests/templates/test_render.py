@@ -116,3 +116,9 @@ def test_absent_value_leaves_its_member_out() -> None:
     assert render_body(body, {"USER_PROMPT": "x"}) == {"p": "x", "s": "t="}
     in_list = {"p": "{USER_PROMPT}", "list": ["{MODEL_TEMPERATURE}"]}
     assert render_body(in_list, {"USER_PROMPT": "x"}) == {"p": "x", "list": [None]}
+
+
+def test_quote_before_a_placeholder_at_the_end_of_a_string_stays_json() -> None:
+    """Found by the property tests: an escaped quote was taken for the string's own quote."""
+    body = {"prompt": 'He said "{USER_PROMPT}', "t": '"{MODEL_TEMPERATURE}"'}
+    assert render_body(body) == {"prompt": 'He said "hello', "t": '"0.7"'}

@@ -1,0 +1,205 @@
+"""Who may call what: the admin token, inference API keys and their rate limits.
+
+`access_middleware` reads each route's access from the catalogue:
+
+- admin routes (the registry, presets, API keys) need `Authorization: Bearer <admin_token>`
+  when `admin_token` is set;
+- inference routes need a live API key when `require_api_keys` is set; the key's limits are
+  counted in Redis in one atomic step, and its concurrency slot is freed when the answer ends;
+- `/metrics` needs `metrics_token` when it is set.
+
+No credentials: 401 with `WWW-Authenticate: Bearer`; credentials that are not accepted: 403.
+A route missing from the catalogue counts as an admin route (closed by default).
+
+Keys are looked up by their SHA-256 and the answer (found or not) is cached in the process
+for `api_key_cache_ttl_s`, so a revoked key stops working in every process within that time,
+and at once in the process that revoked it. If Redis fails while counting a request against
+its limits, the request is let through (the key itself was already verified) and the failure
+is counted in `gateway_redis_errors_total{component="rate_limit"}`.
+"""
+
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.endpoints import Access, Handler
+from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.metrics import Metrics
+from gateway.observe import TRACE
+from gateway.settings import Settings
+from gateway.state import CATALOGUE
+from registry import ApiKey, ApiKeyStore, StoreUnavailable, hash_key
+
+log = logging.getLogger(__name__)
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llm-gateway"'}
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    expires_at: float
+    key: ApiKey | None
+
+
+class KeyCache:
+    """API keys by hash, cached for a few seconds in a bounded dict."""
+
+    def __init__(self, store: ApiKeyStore, *, ttl_s: float, max_entries: int) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[str, _Cached] = {}
+
+    async def find(self, secret: str) -> ApiKey | None:
+        """Return the live key whose secret is `secret`, or None."""
+        sha = hash_key(secret)
+        now = time.monotonic()
+        cached = self._entries.get(sha)
+        if cached is not None and cached.expires_at > now:
+            return cached.key
+        key = await self._store.lookup(sha)
+        if self._ttl_s > 0:
+            self._entries.pop(sha, None)
+            while len(self._entries) >= self._max_entries:
+                del self._entries[next(iter(self._entries))]  # the oldest entry
+            self._entries[sha] = _Cached(now + self._ttl_s, key)
+        return key
+
+    def forget(self, sha256: str) -> None:
+        """Drop a key from the cache (it was just revoked here)."""
+        self._entries.pop(sha256, None)
+
+
+class Guard:
+    """Checks credentials and limits for each request, per the settings."""
+
+    def __init__(self, settings: Settings, store: ApiKeyStore, metrics: Metrics) -> None:
+        self._admin_token = settings.admin_token
+        self._metrics_token = settings.metrics_token
+        self.keys_required = settings.require_api_keys
+        self._lease_s = settings.api_key_lease_s
+        self._store = store
+        self._metrics = metrics
+        self.cache = KeyCache(
+            store, ttl_s=settings.api_key_cache_ttl_s, max_entries=settings.api_key_cache_size
+        )
+
+    @property
+    def open(self) -> bool:
+        """Whether anyone may change the registry and call models."""
+        return self._admin_token is None and not self.keys_required
+
+    def describe(self) -> str:
+        """Say in one line who may call the gateway (logged at start)."""
+        admin = "admin routes need the admin token" if self._admin_token else "admin routes OPEN"
+        keys = "inference needs API keys" if self.keys_required else "inference OPEN"
+        if self.open:
+            return (
+                "access control is off: anyone who can reach this port may change the registry "
+                "and call models; set admin_token (and require_api_keys) to close it"
+            )
+        return f"access control: {admin}, {keys}"
+
+    def check_token(self, request: web.Request, access: Literal["admin", "metrics"]) -> None:
+        """Raise 401/403 unless the request carries the access's token (none set: open)."""
+        token = self._admin_token if access == "admin" else self._metrics_token
+        if token is None:
+            return
+        given = self._bearer(request, access, f"the {access} token")
+        # Header bytes that are not UTF-8 arrive as surrogate escapes; they cannot match.
+        given_bytes = given.encode("utf-8", errors="surrogateescape")
+        if not hmac.compare_digest(given_bytes, token.get_secret_value().encode()):
+            self._metrics.auth_refused(access, "rejected")
+            raise Forbidden(f"the {access} token is not correct")
+
+    async def check_key(self, request: web.Request) -> ApiKey:
+        """Return the request's live API key, or raise 401/403."""
+        given = self._bearer(request, "inference", "an API key")
+        key = await self.cache.find(given)
+        if key is None:
+            self._metrics.auth_refused("inference", "rejected")
+            raise Forbidden(
+                "the API key is not valid (unknown or revoked); ask the gateway's operator for one"
+            )
+        return key
+
+    async def acquire(self, key: ApiKey) -> str | None:
+        """Count a request against the key's limits; return the slot to release, or raise 429."""
+        if not key.limited:
+            return None
+        token = uuid.uuid4().hex
+        try:
+            admission = await self._store.acquire(key, token, lease_s=self._lease_s)
+        except StoreUnavailable as exc:
+            self._metrics.redis_error("rate_limit")
+            log.warning("rate limit of API key %s not checked: %s", key.id, exc)
+            return None
+        if admission.admitted:
+            return token
+        assert admission.limit is not None
+        self._metrics.rate_limited(admission.limit)
+        if admission.limit == "requests_per_minute":
+            why = f"is over its limit of {key.requests_per_minute} requests per minute"
+        else:
+            why = f"already has {key.max_concurrent} requests in progress (its max_concurrent)"
+        raise RateLimited(
+            f"API key {key.id} {why}; retry after {admission.retry_after_s}s",
+            headers={"Retry-After": str(admission.retry_after_s)},
+        )
+
+    async def release(self, key: ApiKey, token: str) -> None:
+        """Free the concurrency slot; if Redis fails, its lease frees it later."""
+        try:
+            await self._store.release(key, token)
+        except (StoreUnavailable, RedisError, OSError) as exc:
+            self._metrics.redis_error("rate_limit")
+            log.warning("concurrency slot of API key %s not released: %s", key.id, exc)
+
+    def _bearer(self, request: web.Request, access: Access, what: str) -> str:
+        scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            self._metrics.auth_refused(access, "missing")
+            raise Unauthorized(
+                f"this route needs {what}: send the header 'Authorization: Bearer <token>'",
+                headers=_CHALLENGE,
+            )
+        return value
+
+
+GUARD = web.AppKey("guard", Guard)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    endpoint = request.app[CATALOGUE].find(request)
+    if endpoint is not None:
+        access = endpoint.access
+    else:
+        # No route matched (404/405) is answered as such; a route outside the catalogue is
+        # treated as an admin route, so forgetting to declare one does not open it.
+        access = "public" if request.match_info.route.resource is None else "admin"
+    if access == "public":
+        return await handler(request)
+    guard = request.app[GUARD]
+    if access == "admin" or access == "metrics":
+        guard.check_token(request, access)
+        return await handler(request)
+    if not guard.keys_required:
+        return await handler(request)
+    key = await guard.check_key(request)
+    trace = request.get(TRACE)
+    if trace is not None:
+        trace.key_id = key.id
+    slot = await guard.acquire(key)
+    try:
+        return await handler(request)
+    finally:
+        if slot is not None:
+            await guard.release(key, slot)

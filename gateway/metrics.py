@@ -1,0 +1,240 @@
+"""The gateway's Prometheus metrics, on a registry the application owns.
+
+Labels stay bounded: `model` is a registered model (or "unknown"), `worker` a worker's label
+(scheme://host:port/path, never a header or a query), `route` a route template. With several
+processes, each writes its values to files in `metrics_multiproc_dir` (prometheus_client's
+multiprocess mode, switched on by PROMETHEUS_MULTIPROC_DIR in every process's environment)
+and a scrape of any process sums them.
+"""
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RegistrySize = Callable[[], Mapping[str, int]]  # model -> number of its workers
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class MetricsConfigError(ValueError):
+    """Multiprocess metrics were asked for but cannot work in this process."""
+
+
+class Metrics:
+    """Every metric of one gateway process, and the scrape of them all."""
+
+    def __init__(self, *, multiproc_dir: Path | None = None) -> None:
+        self._multiproc_dir = multiproc_dir
+        if multiproc_dir is not None:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise MetricsConfigError(
+                    f"metrics_multiproc_dir is {multiproc_dir}, but prometheus_client is not in "
+                    f"multiprocess mode: start every gateway process with "
+                    f"PROMETHEUS_MULTIPROC_DIR={multiproc_dir} in its environment"
+                )
+            if not multiproc_dir.is_dir():
+                raise MetricsConfigError(
+                    f"metrics_multiproc_dir {multiproc_dir} is not a directory; create it "
+                    "(empty) before the gateway processes start"
+                )
+            # Values go to files; the scrape reads every process's files, plus what this
+            # process computes at scrape time (the registry size).
+            self._values = CollectorRegistry()
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.registry, path=str(multiproc_dir)
+            )
+        else:
+            self._values = self.registry = CollectorRegistry()
+        reg = self._values
+
+        self._requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route family, route, model and HTTP status.",
+            ["family", "route", "model", "status"],
+            registry=reg,
+        )
+        self._request_seconds = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the end of the answer (the whole stream, for a stream).",
+            ["family", "model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self._in_progress = Gauge(
+            "gateway_requests_in_progress",
+            "Requests being handled.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self._upstream_seconds = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time of one call to a worker, by its outcome (HTTP status, timeout or error).",
+            ["model", "worker", "status"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self._ttft_seconds = Histogram(
+            "gateway_upstream_ttft_seconds",
+            "Time from sending a streamed request to a worker to its first piece of answer.",
+            ["model", "worker"],
+            buckets=_TTFT_BUCKETS_S,
+            registry=reg,
+        )
+        self._retries = Counter(
+            "gateway_upstream_retries",
+            "Requests tried again on another worker of the pool.",
+            ["model"],
+            registry=reg,
+        )
+        self._ejections = Counter(
+            "gateway_worker_ejections",
+            "Times a worker was taken out of its pool after failures.",
+            ["model", "worker"],
+            registry=reg,
+        )
+        self._healthy = Gauge(
+            "gateway_worker_healthy",
+            "1 when the worker is in its pool's rotation, 0 when it is ejected or down.",
+            ["model", "worker"],
+            registry=reg,
+            multiprocess_mode="livemostrecent",
+        )
+        self._worker_in_flight = Gauge(
+            "gateway_worker_in_flight",
+            "Requests being sent to or answered by the worker.",
+            ["model", "worker"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self._redis_errors = Counter(
+            "gateway_redis_errors",
+            "Redis calls that failed, by the part of the gateway that made them.",
+            ["component"],
+            registry=reg,
+        )
+        self._auth_refused = Counter(
+            "gateway_auth_refused",
+            "Requests refused for their credentials: missing (401) or not accepted (403).",
+            ["access", "reason"],
+            registry=reg,
+        )
+        self._rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused with 429 because their API key was over a limit.",
+            ["limit"],
+            registry=reg,
+        )
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPE_LATEST
+
+    def scrape(self) -> bytes:
+        """Return every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def watch_registry(self, size: RegistrySize) -> None:
+        """Report the registry's size at each scrape, read from `size` (model -> workers)."""
+        self.registry.register(_RegistryCollector(size))
+
+    def close(self) -> None:
+        """Tell the multiprocess files this process is gone (its live gauges drop out)."""
+        if self._multiproc_dir is not None:
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                os.getpid(), str(self._multiproc_dir)
+            )
+
+    # Requests, recorded by the gateway's middleware.
+
+    def request_started(self) -> None:
+        self._in_progress.inc()
+
+    def request_finished(
+        self, family: str, route: str, model: str, status: int, seconds: float
+    ) -> None:
+        self._in_progress.dec()
+        self._requests.labels(family, route, model, str(status)).inc()
+        self._request_seconds.labels(family, model).observe(seconds)
+
+    # Workers, recorded where the gateway calls them.
+
+    def observe_upstream(self, model: str, worker: str, status: int | str, seconds: float) -> None:
+        """Record one call to `worker`: status is the HTTP status, "timeout" or "error"."""
+        self._upstream_seconds.labels(model, worker, str(status)).observe(seconds)
+
+    def observe_ttft(self, model: str, worker: str, seconds: float) -> None:
+        """Record the time to the first piece of a streamed answer."""
+        self._ttft_seconds.labels(model, worker).observe(seconds)
+
+    def retry(self, model: str) -> None:
+        """Count a request moved on to another worker of `model`'s pool."""
+        self._retries.labels(model).inc()
+
+    def ejected(self, model: str, worker: str) -> None:
+        """Count `worker` taken out of rotation."""
+        self._ejections.labels(model, worker).inc()
+
+    def set_health(self, model: str, worker: str, healthy: bool) -> None:
+        """Set whether `worker` is in rotation."""
+        self._healthy.labels(model, worker).set(1 if healthy else 0)
+
+    def set_in_flight(self, model: str, worker: str, count: int) -> None:
+        """Set the number of requests `worker` is handling."""
+        self._worker_in_flight.labels(model, worker).set(count)
+
+    def forget_worker(self, model: str, worker: str) -> None:
+        """Drop the gauges of a worker that left the registry, so they do not linger."""
+        if self._multiproc_dir is not None:
+            return  # prometheus_client cannot remove series in multiprocess mode
+        for gauge in (self._healthy, self._worker_in_flight):
+            gauge.remove(model, worker)
+
+    # Redis and access control.
+
+    def redis_error(self, component: str) -> None:
+        """Count a failed Redis call by `component` ("follower", "request", "rate_limit")."""
+        self._redis_errors.labels(component).inc()
+
+    def auth_refused(self, access: str, reason: str) -> None:
+        """Count a request refused for its credentials ("missing" or "rejected")."""
+        self._auth_refused.labels(access, reason).inc()
+
+    def rate_limited(self, limit: str) -> None:
+        """Count a 429 for `limit` ("requests_per_minute" or "max_concurrent")."""
+        self._rate_limited.labels(limit).inc()
+
+
+class _RegistryCollector(Collector):
+    """Reads the size of the registry view when scraped, so it is never stale."""
+
+    def __init__(self, size: RegistrySize) -> None:
+        self._size = size
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sizes = self._size()
+        models = GaugeMetricFamily(
+            "gateway_registry_models", "Models with at least one registered worker."
+        )
+        models.add_metric([], len(sizes))
+        workers = GaugeMetricFamily(
+            "gateway_registry_workers", "Registered workers, by model.", labels=["model"]
+        )
+        for model, count in sorted(sizes.items()):
+            workers.add_metric([model], count)
+        yield models
+        yield workers

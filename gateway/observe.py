@@ -1,0 +1,143 @@
+"""Per-request observation: the request id, request metrics and the JSON access log.
+
+`observe_middleware` is the outermost middleware. It takes the client's `X-Request-ID` when
+it is a safe token (else makes one), keeps it on the request under `REQUEST_ID` for handlers
+and worker calls, and returns it on the response. Handlers note what they learn (model,
+worker, tries) on the request's `Trace`; when the answer is complete the middleware records
+the request's metrics and, when sampled, one JSON access-log line on the `gateway.access`
+logger.
+"""
+
+import logging
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from gateway.endpoints import Handler
+from gateway.errors import ERROR
+from gateway.router import Router
+from gateway.state import CATALOGUE, METRICS, ROUTER, SETTINGS
+
+access_log = logging.getLogger("gateway.access")
+
+HEADER = "X-Request-ID"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:+/=@-]{1,128}$")
+_CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
+
+
+@dataclass(slots=True)
+class Trace:
+    """What a request learned on its way, for its metrics and its access-log line."""
+
+    request_id: str
+    model: str | None = None
+    worker: str | None = None  # the worker's label (scheme://host:port/path)
+    tries: int | None = None
+    upstream_s: float | None = None
+    key_id: str | None = None  # the API key's id (never the key)
+
+
+REQUEST_ID = web.RequestKey("request_id", str)
+TRACE = web.RequestKey("trace", Trace)
+
+
+def request_id_from(header: str | None) -> str:
+    """Return the client's request id when it is a safe token, else a new one."""
+    if header is not None and _SAFE_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def note_model(request: web.Request, model: str) -> None:
+    """Record the model a request asked for (labels use it only if it is registered)."""
+    trace = request.get(TRACE)
+    if trace is not None:
+        trace.model = model
+
+
+def note_worker(
+    request: web.Request,
+    worker: str,
+    *,
+    tries: int | None = None,
+    upstream_s: float | None = None,
+) -> None:
+    """Record the worker that answered, how many tries it took and the worker's time."""
+    trace = request.get(TRACE)
+    if trace is not None:
+        trace.worker = worker
+        trace.tries = tries
+        trace.upstream_s = upstream_s
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    app = request.app
+    started = time.perf_counter()
+    trace = Trace(request_id_from(request.headers.get(HEADER)))
+    request[REQUEST_ID] = trace.request_id
+    request[TRACE] = trace
+    metrics = app[METRICS]
+    metrics.request_started()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # a redirect; every error is rendered by error_middleware
+        status = exc.status
+        raise
+    except BaseException:
+        status = _CLIENT_GONE  # cancelled: the client went away (handler_cancellation)
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        endpoint = app[CATALOGUE].find(request)
+        family = endpoint.family if endpoint is not None else "none"
+        route = endpoint.path if endpoint is not None else "unmatched"
+        model = _model_label(app[ROUTER], trace.model)
+        metrics.request_finished(family, route, model, status, seconds)
+        error = request.get(ERROR)
+        if error is not None and error.code == "store_unavailable":
+            metrics.redis_error("request")
+        ratio = app[SETTINGS].access_log
+        if ratio > 0 and (ratio >= 1 or status >= 500 or random.random() < ratio):
+            _log(request, trace, route, status, seconds)
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Return the request id on every answer, streams and errors included."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers[HEADER] = rid
+
+
+def _model_label(router: Router, model: str | None) -> str:
+    # Only registered models become label values: a client cannot mint new series.
+    if model is None:
+        return ""
+    return model if router.pool(model) is not None else "unknown"
+
+
+def _log(request: web.Request, trace: Trace, route: str, status: int, seconds: float) -> None:
+    error = request.get(ERROR)
+    line = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "request_id": trace.request_id,
+        "method": request.method,
+        "route": route,
+        "status": status,
+        "latency_ms": round(seconds * 1000, 1),
+        "model": trace.model[:200] if trace.model is not None else None,
+        "worker": trace.worker,
+        "upstream_ms": round(trace.upstream_s * 1000, 1) if trace.upstream_s is not None else None,
+        "tries": trace.tries,
+        "key_id": trace.key_id,
+        "error": error.code if error is not None else None,
+    }
+    access_log.info(orjson.dumps(line).decode())
