@@ -159,7 +159,7 @@ def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, b
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
     except OSError as exc:
-        raise BenchError(f"{request.method} {request.full_url} failed: {exc}") from exc
+        raise BenchError(f"{request.get_method()} {request.full_url} failed: {exc}") from exc
 
 
 def _json(raw: bytes) -> Any:

@@ -3,7 +3,8 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypedDict
 
 import aiohttp
@@ -57,6 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     router = app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
     metrics = app[METRICS] = Metrics(multiproc_dir=settings.metrics_multiproc_dir)
     metrics.watch_registry(lambda: _registry_size(router))
+    metrics.watch_workers(lambda: _worker_health(router))
+    router.on_removed = metrics.forget_worker
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
     tables = [
         admin.routes,
@@ -99,6 +102,12 @@ def server_options(settings: Settings) -> ServerOptions:
         max_field_size=settings.max_header_bytes,
         max_headers=settings.max_headers,
     )
+
+
+def _worker_health(router: Router) -> Iterator[tuple[str, str, str]]:
+    now = time.monotonic()
+    for worker in router.workers():
+        yield worker.record.model_name, worker.label, worker.stats.state(now)
 
 
 def _registry_size(router: Router) -> dict[str, int]:
@@ -184,6 +193,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         max_tries=settings.max_tries,
         max_response_bytes=settings.max_response_bytes,
         request_timeout_s=settings.request_timeout_s,
+        metrics=app[METRICS],
         ejection=Ejection(
             settings.eject_after_failures, settings.ejection_base_s, settings.ejection_max_s
         ),

@@ -7,8 +7,9 @@ multiprocess mode, switched on by PROMETHEUS_MULTIPROC_DIR in every process's en
 and a scrape of any process sums them.
 """
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import (
@@ -25,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 RegistrySize = Callable[[], Mapping[str, int]]  # model -> number of its workers
+WorkerHealth = Callable[[], Iterable[tuple[str, str, str]]]  # (model, worker label, state)
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -107,13 +109,6 @@ class Metrics:
             ["model", "worker"],
             registry=reg,
         )
-        self._healthy = Gauge(
-            "gateway_worker_healthy",
-            "1 when the worker is in its pool's rotation, 0 when it is ejected or down.",
-            ["model", "worker"],
-            registry=reg,
-            multiprocess_mode="livemostrecent",
-        )
         self._worker_in_flight = Gauge(
             "gateway_worker_in_flight",
             "Requests being sent to or answered by the worker.",
@@ -152,6 +147,10 @@ class Metrics:
         """Report the registry's size at each scrape, read from `size` (model -> workers)."""
         self.registry.register(_RegistryCollector(size))
 
+    def watch_workers(self, health: WorkerHealth) -> None:
+        """Report each worker's health at each scrape, read from `health`."""
+        self.registry.register(_HealthCollector(health))
+
     def close(self) -> None:
         """Tell the multiprocess files this process is gone (its live gauges drop out)."""
         if self._multiproc_dir is not None:
@@ -189,10 +188,6 @@ class Metrics:
         """Count `worker` taken out of rotation."""
         self._ejections.labels(model, worker).inc()
 
-    def set_health(self, model: str, worker: str, healthy: bool) -> None:
-        """Set whether `worker` is in rotation."""
-        self._healthy.labels(model, worker).set(1 if healthy else 0)
-
     def set_in_flight(self, model: str, worker: str, count: int) -> None:
         """Set the number of requests `worker` is handling."""
         self._worker_in_flight.labels(model, worker).set(count)
@@ -201,8 +196,8 @@ class Metrics:
         """Drop the gauges of a worker that left the registry, so they do not linger."""
         if self._multiproc_dir is not None:
             return  # prometheus_client cannot remove series in multiprocess mode
-        for gauge in (self._healthy, self._worker_in_flight):
-            gauge.remove(model, worker)
+        with contextlib.suppress(KeyError):
+            self._worker_in_flight.remove(model, worker)
 
     # Redis and access control.
 
@@ -238,3 +233,20 @@ class _RegistryCollector(Collector):
             workers.add_metric([model], count)
         yield models
         yield workers
+
+
+class _HealthCollector(Collector):
+    """Reads every worker's health from the view when scraped (never stale, nothing to forget)."""
+
+    def __init__(self, health: WorkerHealth) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        healthy = GaugeMetricFamily(
+            "gateway_worker_healthy",
+            "1 when the worker is in its pool's rotation, 0 when it is ejected or down.",
+            labels=["model", "worker", "state"],
+        )
+        for model, worker, state in self._health():
+            healthy.add_metric([model, worker, state], 0 if state in ("down", "ejected") else 1)
+        yield healthy

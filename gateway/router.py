@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -286,6 +286,8 @@ class Router:
         self._by_model: dict[str, dict[str, Worker]] = {}
         self._pools: dict[str, Pool] = {}
         self._health: dict[str, Health] = {}
+        # Told (model, worker label) when a worker leaves the view, to drop its metrics.
+        self.on_removed: Callable[[str, str], None] | None = None
 
     def pool(self, model: str) -> Pool | None:
         return self._pools.get(model)
@@ -316,6 +318,10 @@ class Router:
             compiled = self._compile(record, previous)
             if compiled is not None:
                 workers[record.id] = compiled
+        if self.on_removed is not None:
+            for wid, gone in old.items():
+                if wid not in workers:
+                    self.on_removed(gone.record.model_name, gone.label)
         self._workers = workers
         self._health = dict(health)
         for wid, worker in workers.items():
@@ -363,6 +369,8 @@ class Router:
             self._rebuild(change.record.model_name)
         elif change.op == "del" and previous is not None:
             del self._workers[change.id]
+            if self.on_removed is not None:
+                self.on_removed(previous.record.model_name, previous.label)
             self._health.pop(change.id, None)
             model = previous.record.model_name
             members = self._by_model.get(model, {})

@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.metrics import Metrics
 from gateway.router import Ejection, Pool, QueueFull, Worker
 from templates import (
     MODEL_NAME,
@@ -58,6 +59,7 @@ class Call:
     values: Mapping[str, Any]  # placeholder values for template rendering
     body: Mapping[str, Any] | None  # the client's own JSON, for same-protocol workers
     stream: bool
+    request_id: str = ""  # sent to the worker as X-Request-ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +97,13 @@ class _AttemptFailed(Exception):
         retryable: bool,
         timed_out: bool = False,
         ejectable: bool | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.timed_out = timed_out
+        self.status = status
         # Counts toward passive ejection: the worker is down, hung or failing (not a 429, not
         # an answer the extract path could not read).
         self.ejectable = retryable if ejectable is None else ejectable
@@ -117,31 +121,30 @@ class Stream:
         passthrough: bool,
         decoded: bool,
         rename: bytes | None,
-        ejection: Ejection,
+        upstream: "Upstream",
     ) -> None:
         self.worker = worker
+        self.tries = 1
+        self.sent_at = time.perf_counter()
         self._pool = pool
-        self._ejection = ejection
+        self._upstream = upstream
+        self._ejection = upstream.ejection
         self.passthrough = passthrough
         self._response = response
         self._op = op
         self._decoded = decoded  # the worker streams: decode events; else one whole answer
         self._rename = rename
         self._closed = False
-        worker.stats.in_flight += 1
 
     async def pieces(self) -> AsyncIterator[str | bytes]:
         """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
+        first = True
         try:
-            if self.passthrough and self._rename is None:
-                async for chunk in self._response.content.iter_any():
-                    yield chunk
-            elif self._decoded:
-                async for piece in self._decode():
-                    yield piece
-            else:
-                raw = await self._response.read()
-                yield self._op.extractor.extract(raw)
+            async for piece in self._pieces():
+                if first:
+                    first = False
+                    self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
+                yield piece
         except ExtractError as exc:
             self.worker.stats.failed(str(exc), None)
             raise StreamBroken(f"{self.worker.label}: {exc}") from exc
@@ -150,6 +153,17 @@ class Stream:
             self.worker.stats.failed(reason, self._ejection)
             raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
         self.worker.stats.succeeded()
+
+    async def _pieces(self) -> AsyncIterator[str | bytes]:
+        if self.passthrough and self._rename is None:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        elif self._decoded:
+            async for piece in self._decode():
+                yield piece
+        else:
+            raw = await self._response.read()
+            yield self._op.extractor.extract(raw)
 
     async def _decode(self) -> AsyncIterator[str | bytes]:
         fmt = self._op.stream_format or "sse"
@@ -187,9 +201,8 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self.worker.stats.in_flight -= 1
+        self._upstream.left(self._pool, self.worker)
         self._response.close()
-        self._pool.released()
 
 
 class Upstream:
@@ -205,14 +218,34 @@ class Upstream:
         ejection: Ejection,
         queue_timeout_s: float = 5.0,
         panic: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
         self._max_tries = max_tries
         self._max_response_bytes = max_response_bytes
         self._request_timeout_s = request_timeout_s
-        self._ejection = ejection
+        self.ejection = ejection
         self._queue_timeout_s = queue_timeout_s
         self._panic = panic
+        self._metrics = metrics
+
+    def entered(self, pool: Pool, worker: Worker) -> None:
+        """A request to `worker` starts."""
+        worker.stats.in_flight += 1
+        if self._metrics is not None:
+            self._metrics.set_in_flight(pool.model, worker.label, worker.stats.in_flight)
+
+    def left(self, pool: Pool, worker: Worker) -> None:
+        """A request to `worker` ended: free its slot and wake a request waiting for one."""
+        worker.stats.in_flight -= 1
+        if self._metrics is not None:
+            self._metrics.set_in_flight(pool.model, worker.label, worker.stats.in_flight)
+        pool.released()
+
+    def first_piece(self, model: str, worker: Worker, sent_at: float) -> None:
+        """The first piece of a streamed answer arrived."""
+        if self._metrics is not None:
+            self._metrics.observe_ttft(model, worker.label, time.perf_counter() - sent_at)
 
     async def complete(self, pool: Pool, call: Call) -> Answer:
         """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
@@ -254,9 +287,10 @@ class Upstream:
             rename = None
             if passthrough and worker.record.upstream_model and call.body is not None:
                 rename = str(call.body.get("model", "")).encode()
-            return Stream(pool, worker, response, op, passthrough, streamed, rename, self._ejection)
+            return Stream(pool, worker, response, op, passthrough, streamed, rename, self)
 
-        stream, _ = await self._failover(pool, call, attempt, hold=True)
+        stream, tries = await self._failover(pool, call, attempt, hold=True)
+        stream.tries = tries
         return stream
 
     async def _failover(
@@ -271,20 +305,30 @@ class Upstream:
         candidates = await self._candidates(pool, call, deadline)
         failures: list[str] = []
         timed_out = True
+        metrics = self._metrics
         for tries, worker in enumerate(candidates, start=1):
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 failures.append(f"the request's {self._request_timeout_s:g}s deadline passed")
                 break
+            if tries > 1 and metrics is not None:
+                metrics.retry(pool.model)
             stats = worker.stats
-            stats.in_flight += 1
+            timeout_s = worker.record.timeout_s
+            if remaining_s < timeout_s:
+                timeout_s = round(remaining_s, 1) or 0.1  # few distinct values: cacheable
+            self.entered(pool, worker)
+            started = time.perf_counter()
             try:
-                timeout_s = worker.record.timeout_s
-                if remaining_s < timeout_s:
-                    timeout_s = round(remaining_s, 1) or 0.1  # few distinct values: cacheable
                 result = await attempt(worker, timeout_s)
             except _AttemptFailed as exc:
-                if stats.failed(exc.reason, self._ejection if exc.ejectable else None):
+                self.left(pool, worker)
+                if metrics is not None:
+                    outcome = exc.status or ("timeout" if exc.timed_out else "error")
+                    metrics.observe_upstream(
+                        pool.model, worker.label, outcome, time.perf_counter() - started
+                    )
+                if stats.failed(exc.reason, self.ejection if exc.ejectable else None):
                     log.warning(
                         "ejected worker %s of %s after %d failures in a row: %s",
                         worker.label,
@@ -292,16 +336,21 @@ class Upstream:
                         stats.consecutive_failures,
                         exc.reason,
                     )
+                    if metrics is not None:
+                        metrics.ejected(pool.model, worker.label)
                 failures.append(f"{worker.label}: {exc.reason}")
                 timed_out = timed_out and exc.timed_out
                 if not exc.retryable:
                     break
                 continue
-            finally:
-                stats.in_flight -= 1
-                if not hold:
-                    pool.released()
-            if not hold:
+            except BaseException:
+                self.left(pool, worker)
+                raise
+            if metrics is not None:
+                elapsed = time.perf_counter() - started
+                metrics.observe_upstream(pool.model, worker.label, 200, elapsed)
+            if not hold:  # a Stream keeps the worker's slot until it is closed
+                self.left(pool, worker)
                 stats.succeeded()
             return result, tries
         summary = "; ".join(failures)
@@ -365,11 +414,16 @@ class Upstream:
                 body["stream"] = call.stream  # explicit: Ollama streams when it is left out
             template = op.plan.render({})
             request = RenderedRequest("POST", template.url, template.headers, orjson.dumps(body))
-            return op, True, streamed, request
-        values = dict(call.values)
-        values[MODEL_NAME] = record.served_model
-        values[STREAM] = streamed
-        return op, False, streamed, op.plan.render(values)
+            passthrough = True
+        else:
+            values = dict(call.values)
+            values[MODEL_NAME] = record.served_model
+            values[STREAM] = streamed
+            request = op.plan.render(values)
+            passthrough = False
+        if call.request_id:
+            request.headers["X-Request-ID"] = call.request_id
+        return op, passthrough, streamed, request
 
     async def _send(
         self,
@@ -413,6 +467,7 @@ class Upstream:
                 f"worker answered HTTP {response.status}: {snippet}",
                 retryable=response.status in _RETRYABLE_STATUS,
                 ejectable=response.status >= 500,
+                status=response.status,
             )
         return response
 

@@ -115,7 +115,7 @@ async def relay(
             "X-Accel-Buffering": "no",
         }
     )
-    note_worker(request, stream.worker.label)
+    note_worker(request, stream.worker.label, tries=stream.tries)
     try:
         await response.prepare(request)
         try:

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.endpoints import Routes
+from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
     chat_values,
     find_pool,
@@ -108,7 +109,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         top_p=body.options.top_p,
         max_tokens=_max_tokens(body.options),
     )
-    call = Call("ollama", "chat", values, raw, stream=body.stream)
+    call = Call("ollama", "chat", values, raw, stream=body.stream, request_id=request[REQUEST_ID])
 
     def shape(text: str, done: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,7 +136,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         top_p=body.options.top_p,
         max_tokens=_max_tokens(body.options),
     )
-    call = Call("ollama", "completion", values, raw, stream=body.stream)
+    call = Call(
+        "ollama", "completion", values, raw, stream=body.stream, request_id=request[REQUEST_ID]
+    )
 
     def shape(text: str, done: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -156,7 +159,14 @@ async def embed(request: web.Request) -> web.Response:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbedRequest, "embed request")
     pool = find_pool(request, body.model)
-    call = Call("ollama", "embedding", {USER_PROMPT: body.input}, raw, stream=False)
+    call = Call(
+        "ollama",
+        "embedding",
+        {USER_PROMPT: body.input},
+        raw,
+        stream=False,
+        request_id=request[REQUEST_ID],
+    )
     answer = await request.app[UPSTREAM].complete(pool, call)
     note_answer(request, answer)
     if answer.raw is not None:

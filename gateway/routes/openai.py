@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.endpoints import Routes
+from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
     chat_values,
     find_pool,
@@ -96,7 +97,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         top_p=body.top_p,
         max_tokens=body.max_tokens or body.max_completion_tokens,
     )
-    call = Call("openai", "chat", values, raw, stream=body.stream)
+    call = Call("openai", "chat", values, raw, stream=body.stream, request_id=request[REQUEST_ID])
     ident = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
 
@@ -139,7 +140,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     values = prompt_values(
         prompt, temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens
     )
-    call = Call("openai", "completion", values, raw, stream=body.stream)
+    call = Call(
+        "openai", "completion", values, raw, stream=body.stream, request_id=request[REQUEST_ID]
+    )
     ident = "cmpl-" + secrets.token_hex(12)
     created = int(time.time())
 
@@ -167,7 +170,14 @@ async def embeddings(request: web.Request) -> web.Response:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbeddingRequest, "embedding request")
     pool = find_pool(request, body.model)
-    call = Call("openai", "embedding", {USER_PROMPT: body.input}, raw, stream=False)
+    call = Call(
+        "openai",
+        "embedding",
+        {USER_PROMPT: body.input},
+        raw,
+        stream=False,
+        request_id=request[REQUEST_ID],
+    )
     answer = await request.app[UPSTREAM].complete(pool, call)
     note_answer(request, answer)
     if answer.raw is not None:

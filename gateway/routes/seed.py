@@ -6,6 +6,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.endpoints import Routes
+from gateway.observe import REQUEST_ID
 from gateway.routes._common import find_pool, json_response, note_answer, parse
 from gateway.state import SETTINGS, UPSTREAM
 from gateway.upstream import Call
@@ -48,7 +49,7 @@ async def chat(request: web.Request) -> web.Response:
         MESSAGES: [{"role": "user", "content": body.input}],
         MODEL_TEMPERATURE: temperature,
     }
-    call = Call("seed", "chat", values, None, stream=False)
+    call = Call("seed", "chat", values, None, stream=False, request_id=request[REQUEST_ID])
     answer = await app[UPSTREAM].complete(pool, call)
     note_answer(request, answer)
     return json_response({"success": True, "msg": "execute succeed", "result": answer.text})

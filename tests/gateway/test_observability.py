@@ -43,7 +43,7 @@ def test_every_metric_method_appears_in_the_scrape() -> None:
     metrics.observe_ttft("m", "http://10.0.0.1:8000/v1", 0.05)
     metrics.retry("m")
     metrics.ejected("m", "http://10.0.0.1:8000/v1")
-    metrics.set_health("m", "http://10.0.0.1:8000/v1", False)
+    metrics.watch_workers(lambda: [("m", "http://10.0.0.1:8000/v1", "ejected")])
     metrics.set_in_flight("m", "http://10.0.0.1:8000/v1", 3)
     metrics.redis_error("follower")
     metrics.auth_refused("inference", "missing")
@@ -62,7 +62,7 @@ def test_every_metric_method_appears_in_the_scrape() -> None:
         ("gateway_upstream_ttft_seconds_count", {"model": "m", "worker": worker}, 1),
         ("gateway_upstream_retries_total", {"model": "m"}, 1),
         ("gateway_worker_ejections_total", {"model": "m", "worker": worker}, 1),
-        ("gateway_worker_healthy", {"model": "m", "worker": worker}, 0),
+        ("gateway_worker_healthy", {"model": "m", "worker": worker, "state": "ejected"}, 0),
         ("gateway_worker_in_flight", {"model": "m", "worker": worker}, 3),
         ("gateway_redis_errors_total", {"component": "follower"}, 1),
         ("gateway_auth_refused_total", {"access": "inference", "reason": "missing"}, 1),
@@ -297,3 +297,60 @@ async def test_redis_errors_are_counted_and_limits_fail_open(
         assert (value(scrape, "gateway_redis_errors_total", component="follower") or 0) >= 1
     finally:
         server.stop()
+
+
+async def test_worker_metrics_follow_real_traffic(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory
+) -> None:
+    from tests.gateway.test_seed_api import register, seed_registration
+
+    gateway = await make_gateway(eject_after_failures=1, ejection_base_s=60, max_tries=2)
+    broken, healthy = await make_worker(name="b", status=500), await make_worker(name="h")
+    async with gateway.client() as client:
+        await register(client, seed_registration("m", broken))
+        await register(client, seed_registration("m", healthy))
+        seen = set()
+        for i in range(3):
+            reply = await client.post(
+                "/api/v1/chat/completions",
+                json={"input": str(i), "model_name": "m"},
+                headers={"X-Request-ID": f"trace-{i}"},
+            )
+            assert reply.status_code == 200
+            assert reply.headers["X-Request-ID"] == f"trace-{i}"
+            seen.add(healthy.received[-1].headers.get("X-Request-ID"))
+        assert seen == {"trace-0", "trace-1", "trace-2"}  # the worker sees the client's id
+        scrape = (await client.get("/metrics")).text
+    broken_label = f"{broken.url}/api/generate"
+    healthy_label = f"{healthy.url}/api/generate"
+    assert value(scrape, "gateway_upstream_retries_total", model="m") == 1
+    assert value(scrape, "gateway_worker_ejections_total", model="m", worker=broken_label) == 1
+    assert (
+        value(
+            scrape,
+            "gateway_upstream_duration_seconds_count",
+            model="m",
+            worker=broken_label,
+            status="500",
+        )
+        == 1
+    )
+    assert (
+        value(
+            scrape,
+            "gateway_upstream_duration_seconds_count",
+            model="m",
+            worker=healthy_label,
+            status="200",
+        )
+        == 3
+    )
+    assert (
+        value(scrape, "gateway_worker_healthy", model="m", worker=broken_label, state="ejected")
+        == 0
+    )
+    assert (
+        value(scrape, "gateway_worker_healthy", model="m", worker=healthy_label, state="unknown")
+        == 1
+    )
+    assert value(scrape, "gateway_worker_in_flight", model="m", worker=healthy_label) == 0
