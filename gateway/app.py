@@ -149,7 +149,11 @@ async def _redis_server(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = connect(app[_REDIS_URL], connect_timeout_s=settings.redis_connect_timeout_s)
+    redis = connect(
+        app[_REDIS_URL],
+        connect_timeout_s=settings.redis_connect_timeout_s,
+        max_connections=settings.redis_max_connections,
+    )
     app[REDIS] = redis
     app[STORE] = RegistryStore(redis, settings.key_prefix)
     app[API_KEYS] = ApiKeyStore(redis, settings.key_prefix)

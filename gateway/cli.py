@@ -111,6 +111,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
             access_log=None,
             # A client that goes away cancels its handler, which closes the worker request.
             handler_cancellation=True,
+            backlog=1024,
             reuse_port=reuse_port or None,
             print=lambda _: log.info(
                 "llm-gateway (pid %d) listening on http://%s:%d",

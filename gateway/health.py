@@ -46,24 +46,37 @@ class HealthChecker:
         self.lease = Lease(store.redis, store.keys.probe_lease, owner, settings.probe_lease_s)
         self.leader = False
         self._streaks: dict[str, tuple[bool, int]] = {}
-        self._limit = asyncio.Semaphore(64)
+        self._limit = asyncio.Semaphore(32)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Probe while holding the lease, until `stop` is set."""
-        interval_s = self._settings.probe_interval_s
-        # Renew well within the lease's lifetime, whatever the probe interval.
-        renew_s = min(interval_s, self._settings.probe_lease_s / 3)
-        next_probe = 0.0
+        """Probe while holding the lease, until `stop` is set.
+
+        The lease is renewed by its own loop, so a probe round that takes long (thousands of
+        workers) cannot let it lapse and hand the probes to another process midway.
+        """
+        renewing = asyncio.create_task(self._hold_lease(stop), name="probe-lease")
+        try:
+            interval_s = self._settings.probe_interval_s
+            while not stop.is_set():
+                if self.leader:
+                    started = time.monotonic()
+                    await self.probe_all()
+                    await pause(stop, max(0.0, interval_s - (time.monotonic() - started)))
+                else:
+                    self._streaks.clear()
+                    await pause(stop, min(interval_s, self._settings.probe_lease_s / 3))
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _hold_lease(self, stop: asyncio.Event) -> None:
+        renew_s = self._settings.probe_lease_s / 3
         while not stop.is_set():
             try:
                 self.leader = await self.lease.hold()
             except StoreUnavailable:
                 self.leader = False
-            if not self.leader:
-                self._streaks.clear()
-            elif time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + interval_s
-                await self.probe_all()
             await pause(stop, renew_s)
 
     async def stop(self) -> None:
@@ -80,8 +93,13 @@ class HealthChecker:
                 del self._streaks[wid]
 
     async def _probe(self, worker: Worker) -> None:
+        # The semaphore also bounds the writes below: a round that flips thousands of workers
+        # must not take every connection of the Redis pool at once.
         async with self._limit:
-            ok, reason = await self._check(worker)
+            await self._probe_one(worker)
+
+    async def _probe_one(self, worker: Worker) -> None:
+        ok, reason = await self._check(worker)
         settings = self._settings
         last_ok, count = self._streaks.get(worker.id, (ok, 0))
         count = count + 1 if last_ok == ok else 1

@@ -9,6 +9,7 @@ failures seen on real requests), and it is below its `max_concurrency`.
 """
 
 import asyncio
+import gc
 import logging
 import time
 from collections import deque
@@ -295,8 +296,11 @@ class Router:
     def models(self) -> list[str]:
         return sorted(self._pools)
 
-    def workers(self) -> Iterable[Worker]:
-        return self._workers.values()
+    def workers(self, model: str | None = None) -> Iterable[Worker]:
+        """Every worker, or only `model`'s (found through the per-model index)."""
+        if model is None:
+            return self._workers.values()
+        return self._by_model.get(model, {}).values()
 
     def worker(self, wid: str) -> Worker | None:
         return self._workers.get(wid)
@@ -312,7 +316,7 @@ class Router:
         workers: dict[str, Worker] = {}
         for record in records:
             previous = old.get(record.id)
-            if previous is not None and previous.record == record:
+            if previous is not None and previous.record.__dict__ == record.__dict__:
                 workers[record.id] = previous
                 continue
             compiled = self._compile(record, previous)
@@ -333,6 +337,9 @@ class Router:
             self._rebuild(model)
         self.version = version
         self.loaded = True
+        # The view is long-lived: keep the cyclic collector from walking it on every full
+        # collection (with 10,000 workers that walk alone was ~150 ms, a p99 spike).
+        gc.freeze()
 
     def apply(self, change: Change) -> None:
         """Apply a change event; the follower guarantees it is the next version."""
@@ -358,7 +365,7 @@ class Router:
                 if previous is not None:
                     _set_active(previous.stats, change.health)
         elif change.op == "put" and change.record is not None:
-            if previous is not None and previous.record == change.record:
+            if previous is not None and previous.record.__dict__ == change.record.__dict__:
                 return
             compiled = self._compile(change.record, previous)
             if compiled is None:

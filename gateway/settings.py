@@ -86,6 +86,7 @@ class Settings(BaseModel):
 
     registry_check_interval_s: Annotated[float, Field(gt=0)] = 5.0
     redis_connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    redis_max_connections: Annotated[int, Field(ge=4, le=10_000)] = 64
 
     @field_validator("redis_url")
     @classmethod

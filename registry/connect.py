@@ -12,7 +12,7 @@ The `+sentinel` and `+cluster` forms also exist with `rediss` for TLS.
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
@@ -38,8 +38,19 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect(url: str, *, connect_timeout_s: float, socket_timeout_s: float = 10.0) -> Redis:
-    """Return a client for `url` (it connects lazily, on the first command)."""
+def connect(
+    url: str,
+    *,
+    connect_timeout_s: float,
+    socket_timeout_s: float = 10.0,
+    max_connections: int = 64,
+) -> Redis:
+    """Return a client for `url` (it connects lazily, on the first command).
+
+    At most `max_connections` are open to a server; a command beyond that waits for a free
+    connection (up to `socket_timeout_s`) instead of failing at once, so a burst of writes is
+    slowed down, not refused.
+    """
     check_url(url)
     scheme = url.partition("://")[0].lower()
     options: dict[str, Any] = {
@@ -48,10 +59,17 @@ def connect(url: str, *, connect_timeout_s: float, socket_timeout_s: float = 10.
     }
     if scheme.endswith("+cluster"):
         plain = scheme.replace("+cluster", "") + url[len(scheme) :]
-        return cast(Redis, RedisCluster.from_url(plain, **options))
+        return cast(Redis, RedisCluster.from_url(plain, max_connections=max_connections, **options))
     if scheme.endswith("+sentinel"):
         return _sentinel_master(url, scheme.startswith("rediss"), options)
-    return Redis.from_url(url, health_check_interval=15, **options)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=socket_timeout_s,
+        health_check_interval=15,
+        **options,
+    )
+    return Redis(connection_pool=pool)
 
 
 def _sentinel_master(url: str, tls: bool, options: dict[str, Any]) -> Redis:

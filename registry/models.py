@@ -5,7 +5,7 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from templates import TemplateError, WorkerPlan, compile_worker
 
@@ -26,6 +26,8 @@ class WorkerSpec(BaseModel):
     """A worker as an operator describes it (the seed's register body, plus timeout_s)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _plan: WorkerPlan | None = PrivateAttr(default=None)
 
     model_name: ModelName
     req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
@@ -79,13 +81,18 @@ class WorkerSpec(BaseModel):
     @model_validator(mode="after")
     def _templates_compile(self) -> "WorkerSpec":
         try:
-            self.compile()
+            self._plan = self._compile()
         except TemplateError as exc:
             raise ValueError(str(exc)) from exc
         return self
 
     def compile(self) -> WorkerPlan:
-        """Compile the worker's templates; raise TemplateError when they cannot be used."""
+        """Return the worker's compiled templates (compiled once, when it was validated)."""
+        if self._plan is None:
+            self._plan = self._compile()
+        return self._plan
+
+    def _compile(self) -> WorkerPlan:
         return compile_worker(
             url=self.req_url_template,
             req_type=self.req_type,
@@ -114,7 +121,10 @@ class RegisterRequest(WorkerSpec):
     replace: bool = False
 
     def spec(self) -> WorkerSpec:
-        return WorkerSpec.model_validate(self.model_dump(exclude={"replace"}))
+        # Already validated (and compiled): build without validating again.
+        spec = WorkerSpec.model_construct(**self.model_dump(exclude={"replace"}))
+        spec._plan = self._plan
+        return spec
 
 
 class WorkerRecord(WorkerSpec):
@@ -125,7 +135,12 @@ class WorkerRecord(WorkerSpec):
 
     @classmethod
     def from_spec(cls, spec: WorkerSpec) -> "WorkerRecord":
-        return cls(id=spec.worker_id, **spec.model_dump())
+        # `spec` is validated and compiled already: build without validating again.
+        record = cls.model_construct(
+            id=spec.worker_id, registered_at=time.time(), **spec.model_dump()
+        )
+        record._plan = spec._plan
+        return record
 
     def public(self) -> dict[str, Any]:
         """Return the record as a listing shows it: header values are write-only."""

@@ -5,6 +5,7 @@ and publishes the change event in a single atomic step, so a follower that sees 
 seen every change up to N, and a gap in versions tells it to resync.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -202,7 +203,9 @@ class RegistryStore:
             lambda: self._snapshot(keys=[k.workers, k.health, k.version])
         )
         records = []
-        for blob in flat_records[1::2]:
+        for count, blob in enumerate(flat_records[1::2], start=1):
+            if count % 500 == 0:
+                await asyncio.sleep(0)  # a large registry must not stall the event loop
             try:
                 records.append(WorkerRecord.model_validate_json(blob))
             except ValidationError:

@@ -59,9 +59,7 @@ async def workers(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     now = time.monotonic()
     listed = []
-    for worker in router.workers():
-        if model is not None and worker.record.model_name != model:
-            continue
+    for worker in router.workers(model):
         entry = worker.record.public()
         stats = worker.stats
         ejected_for_s = max(0.0, stats.ejected_until - now)
