@@ -1,6 +1,7 @@
 """What every route family shares: reading JSON bodies, finding a pool, relaying streams."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -10,8 +11,8 @@ from pydantic import BaseModel, ValidationError
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
 from gateway.observe import note_model, note_worker
 from gateway.router import Pool
-from gateway.state import ROUTER
-from gateway.upstream import Answer, Stream, StreamBroken
+from gateway.state import ROUTER, UPSTREAM
+from gateway.upstream import Answer, Call, Stream, StreamBroken
 from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
 
 M = TypeVar("M", bound=BaseModel)
@@ -93,24 +94,47 @@ def note_answer(request: web.Request, answer: Answer) -> None:
     note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
 
 
-async def relay(
+@dataclass(frozen=True, slots=True)
+class StreamShape:
+    """How a route family frames a streamed answer."""
+
+    content_type: str
+    encode: Callable[[str], bytes]  # one piece of text
+    finish: bytes  # after the last piece
+    error: Callable[[str], bytes]  # when the worker fails midway
+
+
+async def answer(
     request: web.Request,
-    stream: Stream,
-    *,
-    content_type: str,
-    encode: Callable[[str], bytes],
-    finish: bytes,
-    error: Callable[[str], bytes],
+    model: str,
+    call: Call,
+    whole: Callable[[Answer], Any],
+    shape: StreamShape,
 ) -> web.StreamResponse:
+    """Answer `call` whole (the worker's own JSON, or `whole` of its text) or as a stream."""
+    pool = find_pool(request, model)
+    upstream = request.app[UPSTREAM]
+    if not call.stream:
+        result = await upstream.complete(pool, call)
+        note_answer(request, result)
+        if result.raw is not None:
+            return web.Response(body=result.raw, content_type="application/json")
+        return json_response(whole(result))
+    stream = await upstream.open_stream(pool, call)
+    return await relay(request, stream, shape)
+
+
+async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
-    Text pieces are encoded by `encode` and followed by `finish`; bytes (a same-protocol
+    Text pieces are framed by `shape` and followed by its `finish`; bytes (a same-protocol
     worker's own stream) are relayed untouched, its own end marker included. If the client goes
     away, the handler is cancelled and the `finally` closes the worker's connection at once.
     """
+    encode = shape.encode
     response = web.StreamResponse(
         headers={
-            "Content-Type": content_type,
+            "Content-Type": shape.content_type,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }
@@ -122,9 +146,9 @@ async def relay(
             async for piece in stream.pieces():
                 await response.write(piece if isinstance(piece, bytes) else encode(piece))
             if not stream.passthrough:
-                await response.write(finish)
+                await response.write(shape.finish)
         except StreamBroken as exc:
-            await response.write(error(str(exc)))
+            await response.write(shape.error(str(exc)))
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away; closing the worker's side is all there is to do

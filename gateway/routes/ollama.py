@@ -16,17 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
+    StreamShape,
+    answer,
     chat_values,
     find_pool,
     json_response,
     note_answer,
     parse_with_raw,
     prompt_values,
-    relay,
     vectors,
 )
 from gateway.state import ROUTER, UPSTREAM
-from gateway.upstream import Answer, Call
+from gateway.upstream import Call
 from templates import USER_PROMPT
 
 routes = Routes("ollama")
@@ -122,7 +123,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             out["done_reason"] = "stop"
         return out
 
-    return await _answer(request, body.model, call, shape)
+    return await answer(request, body.model, call, lambda a: shape(a.text, True), _ndjson(shape))
 
 
 @routes.post("/api/generate", access="inference", body=GenerateRequest, streams=True)
@@ -151,7 +152,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
             out["done_reason"] = "stop"
         return out
 
-    return await _answer(request, body.model, call, shape)
+    return await answer(request, body.model, call, lambda a: shape(a.text, True), _ndjson(shape))
 
 
 @routes.post("/api/embed", access="inference", body=EmbedRequest)
@@ -167,31 +168,15 @@ async def embed(request: web.Request) -> web.Response:
         stream=False,
         request_id=request[REQUEST_ID],
     )
-    answer = await request.app[UPSTREAM].complete(pool, call)
-    note_answer(request, answer)
-    if answer.raw is not None:
-        return web.Response(body=answer.raw, content_type="application/json")
-    return json_response({"model": body.model, "embeddings": vectors(answer.value)})
+    result = await request.app[UPSTREAM].complete(pool, call)
+    note_answer(request, result)
+    if result.raw is not None:
+        return web.Response(body=result.raw, content_type="application/json")
+    return json_response({"model": body.model, "embeddings": vectors(result.value)})
 
 
-async def _answer(
-    request: web.Request,
-    model: str,
-    call: Call,
-    shape: Callable[[str, bool], dict[str, Any]],
-) -> web.StreamResponse:
-    pool = find_pool(request, model)
-    upstream = request.app[UPSTREAM]
-    if not call.stream:
-        answer: Answer = await upstream.complete(pool, call)
-        note_answer(request, answer)
-        if answer.raw is not None:
-            return web.Response(body=answer.raw, content_type="application/json")
-        return json_response(shape(answer.text, True))
-    stream = await upstream.open_stream(pool, call)
-    return await relay(
-        request,
-        stream,
+def _ndjson(shape: Callable[[str, bool], dict[str, Any]]) -> StreamShape:
+    return StreamShape(
         content_type="application/x-ndjson",
         encode=lambda text: orjson.dumps(shape(text, False)) + b"\n",
         finish=orjson.dumps(shape("", True)) + b"\n",

@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
+    StreamShape,
+    answer,
     chat_values,
     find_pool,
     json_response,
     note_answer,
     parse_with_raw,
     prompt_values,
-    relay,
     vectors,
 )
 from gateway.state import ROUTER, UPSTREAM
@@ -112,7 +113,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
         )
 
-    def whole(answer: Answer) -> dict[str, Any]:
+    def whole(result: Answer) -> dict[str, Any]:
         return {
             "id": ident,
             "object": "chat.completion",
@@ -121,14 +122,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
+                    "message": {"role": "assistant", "content": result.text},
                     "finish_reason": "stop",
                 }
             ],
         }
 
-    return await _answer(
-        request, body.model, call, whole, lambda text: chunk({"content": text}), chunk({}, "stop")
+    return await answer(
+        request,
+        body.model,
+        call,
+        whole,
+        _events(lambda text: chunk({"content": text}), chunk({}, "stop")),
     )
 
 
@@ -155,13 +160,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
         }
 
-    return await _answer(
+    return await answer(
         request,
         body.model,
         call,
-        lambda answer: shape(answer.text, "stop"),
-        lambda text: _sse(shape(text, None)),
-        _sse(shape("", "stop")),
+        lambda result: shape(result.text, "stop"),
+        _events(lambda text: _sse(shape(text, None)), _sse(shape("", "stop"))),
     )
 
 
@@ -178,41 +182,23 @@ async def embeddings(request: web.Request) -> web.Response:
         stream=False,
         request_id=request[REQUEST_ID],
     )
-    answer = await request.app[UPSTREAM].complete(pool, call)
-    note_answer(request, answer)
-    if answer.raw is not None:
-        return web.Response(body=answer.raw, content_type="application/json")
+    result = await request.app[UPSTREAM].complete(pool, call)
+    note_answer(request, result)
+    if result.raw is not None:
+        return web.Response(body=result.raw, content_type="application/json")
     data = [
         {"object": "embedding", "index": i, "embedding": vector}
-        for i, vector in enumerate(vectors(answer.value))
+        for i, vector in enumerate(vectors(result.value))
     ]
     usage = {"prompt_tokens": 0, "total_tokens": 0}
     return json_response({"object": "list", "data": data, "model": body.model, "usage": usage})
 
 
-async def _answer(
-    request: web.Request,
-    model: str,
-    call: Call,
-    whole: Callable[[Answer], dict[str, Any]],
-    piece: Callable[[str], bytes],
-    finish: bytes,
-) -> web.StreamResponse:
-    pool = find_pool(request, model)
-    upstream = request.app[UPSTREAM]
-    if not call.stream:
-        answer = await upstream.complete(pool, call)
-        note_answer(request, answer)
-        if answer.raw is not None:
-            return web.Response(body=answer.raw, content_type="application/json")
-        return json_response(whole(answer))
-    stream = await upstream.open_stream(pool, call)
-    return await relay(
-        request,
-        stream,
+def _events(encode: Callable[[str], bytes], last: bytes) -> StreamShape:
+    return StreamShape(
         content_type="text/event-stream",
-        encode=piece,
-        finish=finish + b"data: [DONE]\n\n",
+        encode=encode,
+        finish=last + b"data: [DONE]\n\n",
         error=_error_event,
     )
 
