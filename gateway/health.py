@@ -85,21 +85,26 @@ class HealthChecker:
                 await self.lease.release()
 
     async def probe_all(self) -> None:
-        workers = list(self._router.workers())
-        await asyncio.gather(*(self._probe(worker) for worker in workers))
-        known = {w.id for w in workers}
+        # Workers with the same probe target (one server registered under several model
+        # names, or behind one health URL) share one probe per round.
+        groups: dict[str, list[Worker]] = {}
+        for worker in self._router.workers():
+            groups.setdefault(_target(worker), []).append(worker)
+        await asyncio.gather(*(self._probe(group) for group in groups.values()))
+        known = {w.id for group in groups.values() for w in group}
         for wid in list(self._streaks):
             if wid not in known:
                 del self._streaks[wid]
 
-    async def _probe(self, worker: Worker) -> None:
+    async def _probe(self, group: list[Worker]) -> None:
         # The semaphore also bounds the writes below: a round that flips thousands of workers
         # must not take every connection of the Redis pool at once.
         async with self._limit:
-            await self._probe_one(worker)
+            ok, reason = await self._check(group[0])
+            for worker in group:
+                await self._count(worker, ok, reason)
 
-    async def _probe_one(self, worker: Worker) -> None:
-        ok, reason = await self._check(worker)
+    async def _count(self, worker: Worker, ok: bool, reason: str) -> None:
         settings = self._settings
         last_ok, count = self._streaks.get(worker.id, (ok, 0))
         count = count + 1 if last_ok == ok else 1
@@ -122,10 +127,10 @@ class HealthChecker:
                     return False, f"health_url answered HTTP {response.status}"
             target = URL(worker.plan.base_url)
             host, port = target.host or "", target.port or 80
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            # A bare protocol: no stream reader and writer to build for a connect-and-close.
+            connecting = asyncio.get_running_loop().create_connection(asyncio.Protocol, host, port)
+            transport, _ = await asyncio.wait_for(connecting, timeout_s)
+            transport.close()
             return True, ""
         except TimeoutError:
             return False, f"health probe timed out after {timeout_s:g}s"
@@ -159,3 +164,11 @@ async def reap_expired(store: RegistryStore, interval_s: float, stop: asyncio.Ev
         except StoreUnavailable:
             pass  # the follower reports the outage; reaping resumes with Redis
         await pause(stop, interval_s)
+
+
+def _target(worker: Worker) -> str:
+    """What a probe of `worker` checks: its health URL, else its host and port."""
+    if worker.record.health_url:
+        return worker.record.health_url
+    url = URL(worker.plan.base_url)
+    return f"tcp://{url.host}:{url.port}"

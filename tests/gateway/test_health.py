@@ -390,3 +390,23 @@ def test_probe_lease_moves_when_its_holder_process_is_killed(
                 served.process.terminate()
                 served.process.wait(15)
         client.close()
+
+
+async def test_workers_sharing_a_probe_target_are_probed_once_per_round(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory
+) -> None:
+    gateway = await make_gateway(**{**FAST_HEALTH, "probe_rise": 2})
+    server = await make_worker(name="shared")
+    async with gateway.client() as client:
+        for model in ("a", "b", "c"):  # one server registered under three model names
+            body = seed_registration(model, server, health_url=f"{server.url}/health")
+            assert (await register(client, body)).status_code == 200
+
+        async def all_up() -> bool:
+            listing = (await client.get("/api/server/workers")).json()["data"]
+            return [w["health"]["state"] for w in listing] == ["up", "up", "up"]
+
+        await until(all_up)
+    probes = [r for r in server.received if r.path == "/health"]
+    # Two good probes mark a worker up; three workers probed apart would need six.
+    assert 2 <= len(probes) < 6
