@@ -88,32 +88,39 @@ class HealthChecker:
         # Workers with the same probe target (one server registered under several model
         # names, or behind one health URL) share one probe per round.
         groups: dict[str, list[Worker]] = {}
-        for worker in self._router.workers():
-            groups.setdefault(_target(worker), []).append(worker)
+        for count, worker in enumerate(self._router.workers(), start=1):
+            groups.setdefault(worker.probe_target, []).append(worker)
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # thousands of workers: let requests run meanwhile
         await asyncio.gather(*(self._probe(group) for group in groups.values()))
-        known = {w.id for group in groups.values() for w in group}
-        for wid in list(self._streaks):
-            if wid not in known:
-                del self._streaks[wid]
+        if len(self._streaks) > 2 * sum(len(group) for group in groups.values()):
+            known = {w.id for group in groups.values() for w in group}
+            self._streaks = {k: v for k, v in self._streaks.items() if k in known}
 
     async def _probe(self, group: list[Worker]) -> None:
         # The semaphore also bounds the writes below: a round that flips thousands of workers
         # must not take every connection of the Redis pool at once.
         async with self._limit:
             ok, reason = await self._check(group[0])
-            for worker in group:
-                await self._count(worker, ok, reason)
+            for count, worker in enumerate(group, start=1):
+                health = self._count(worker, ok, reason)
+                if health is not None:
+                    await self._publish(worker, health)
+                elif count % 1000 == 0:
+                    await asyncio.sleep(0)
 
-    async def _count(self, worker: Worker, ok: bool, reason: str) -> None:
+    def _count(self, worker: Worker, ok: bool, reason: str) -> Health | None:
+        """Count one probe result; return the worker's new health when it changes."""
         settings = self._settings
         last_ok, count = self._streaks.get(worker.id, (ok, 0))
         count = count + 1 if last_ok == ok else 1
         self._streaks[worker.id] = (ok, count)
         current = worker.stats.active
         if ok and current != "up" and count >= settings.probe_rise:
-            await self._publish(worker, Health(state="up", since=time.time()))
-        elif not ok and current != "down" and count >= settings.probe_fall:
-            await self._publish(worker, Health(state="down", since=time.time(), reason=reason))
+            return Health(state="up", since=time.time())
+        if not ok and current != "down" and count >= settings.probe_fall:
+            return Health(state="down", since=time.time(), reason=reason)
+        return None
 
     async def _check(self, worker: Worker) -> tuple[bool, str]:
         timeout_s = self._settings.probe_timeout_s
@@ -164,11 +171,3 @@ async def reap_expired(store: RegistryStore, interval_s: float, stop: asyncio.Ev
         except StoreUnavailable:
             pass  # the follower reports the outage; reaping resumes with Redis
         await pause(stop, interval_s)
-
-
-def _target(worker: Worker) -> str:
-    """What a probe of `worker` checks: its health URL, else its host and port."""
-    if worker.record.health_url:
-        return worker.record.health_url
-    url = URL(worker.plan.base_url)
-    return f"tcp://{url.host}:{url.port}"

@@ -87,6 +87,7 @@ class Worker:
     record: WorkerRecord
     plan: WorkerPlan
     label: str  # scheme://host:port/path, safe to show (no query, no credentials)
+    probe_target: str  # what an active health probe checks: the health URL, or host:port
     stats: WorkerStats = field(default_factory=WorkerStats)
 
     @property
@@ -106,7 +107,9 @@ class Worker:
         plan = record.compile()
         url = URL(plan.operations["chat"].plan.url.render({}, url_encode=True))
         label = f"{url.scheme}://{url.host}:{url.port}{url.path}"
-        return cls(record, plan, label, stats or WorkerStats())
+        base = URL(plan.base_url)
+        target = record.health_url or f"tcp://{base.host}:{base.port}"
+        return cls(record, plan, label, target, stats or WorkerStats())
 
 
 class Balancer(Protocol):

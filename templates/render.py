@@ -266,6 +266,23 @@ def compile_request(
 
 
 def _check_url(tpl: TextTemplate) -> None:
+    # Where the gateway connects is the operator's choice, never a request's: a request value
+    # in the scheme, host or port would let callers aim the gateway anywhere. Only
+    # {MODEL_NAME}, fixed at registration, may appear there.
+    text = ""
+    for part in tpl.parts:
+        if isinstance(part, str):
+            text += part
+            continue
+        _, sep, rest = text.partition("://")
+        in_authority = not sep or not any(mark in rest for mark in "/?#")
+        if in_authority and part.name != placeholders.MODEL_NAME:
+            raise TemplateError(
+                "req_url_template: the scheme, host and port must not be filled in from the "
+                f"request (found {{{part.name}}} there); only {{MODEL_NAME}} may appear in them, "
+                "request values belong in the path or the query"
+            )
+        text += "x"
     sample = tpl.render({name: "x" for name in tpl.names}, url_encode=True)
     try:
         parsed = URL(sample)

@@ -100,6 +100,10 @@ def test_operator_content_type_is_kept() -> None:
         ("GET", "http://w/x?q={USER_PROMPT}", {"p": 1}, "GET sends no body"),
         ("PUT", "http://w/x", {"p": "{USER_PROMPT}"}, "POST or GET"),
         ("POST", "/relative/path", {"p": "{USER_PROMPT}"}, "absolute"),
+        # Where the gateway connects is never up to a request (no SSRF through a prompt).
+        ("GET", "http://{USER_PROMPT}/x", None, "not be filled in from the request"),
+        ("GET", "http://h:{MODEL_TEMPERATURE}/x?q={USER_PROMPT}", None, "{MODEL_TEMPERATURE}"),
+        ("GET", "http://user@{USER_PROMPT}", None, "not be filled in from the request"),
     ],
 )
 def test_bad_templates_are_refused_with_a_message_naming_the_problem(
