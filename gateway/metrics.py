@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -63,6 +64,7 @@ class Metrics:
         else:
             self._values = self.registry = CollectorRegistry()
         reg = self._values
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
         self._requests = Counter(
             "gateway_requests",
@@ -160,6 +162,15 @@ class Metrics:
 
     # Requests, recorded by the gateway's middleware.
 
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        # `labels()` takes a lock and checks every value on each call; on the request path
+        # the same few series are hit again and again, so keep their children at hand.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request_started(self) -> None:
         self._in_progress.inc()
 
@@ -167,14 +178,14 @@ class Metrics:
         self, family: str, route: str, model: str, status: int, seconds: float
     ) -> None:
         self._in_progress.dec()
-        self._requests.labels(family, route, model, str(status)).inc()
-        self._request_seconds.labels(family, model).observe(seconds)
+        self._child(self._requests, (family, route, model, str(status))).inc()
+        self._child(self._request_seconds, (family, model)).observe(seconds)
 
     # Workers, recorded where the gateway calls them.
 
     def observe_upstream(self, model: str, worker: str, status: int | str, seconds: float) -> None:
         """Record one call to `worker`: status is the HTTP status, "timeout" or "error"."""
-        self._upstream_seconds.labels(model, worker, str(status)).observe(seconds)
+        self._child(self._upstream_seconds, (model, worker, str(status))).observe(seconds)
 
     def observe_ttft(self, model: str, worker: str, seconds: float) -> None:
         """Record the time to the first piece of a streamed answer."""
@@ -190,10 +201,13 @@ class Metrics:
 
     def set_in_flight(self, model: str, worker: str, count: int) -> None:
         """Set the number of requests `worker` is handling."""
-        self._worker_in_flight.labels(model, worker).set(count)
+        self._child(self._worker_in_flight, (model, worker)).set(count)
 
     def forget_worker(self, model: str, worker: str) -> None:
         """Drop the gauges of a worker that left the registry, so they do not linger."""
+        self._children = {
+            key: child for key, child in self._children.items() if worker not in key[1]
+        }
         if self._multiproc_dir is not None:
             return  # prometheus_client cannot remove series in multiprocess mode
         with contextlib.suppress(KeyError):
