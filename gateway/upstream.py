@@ -3,7 +3,7 @@
 This is the one place where aiohttp client errors and timeouts are caught. An attempt that
 fails before anything reached the client (connect error, timeout, HTTP 429 or 5xx) moves on to
 the next worker of the pool, up to `max_tries`; the error finally raised lists every attempt.
-Once a stream has begun, nothing is retried: a failure ends it with `StreamBroken`.
+Once a stream has begun, nothing is retried (see gateway/stream.py).
 
 A worker is called one of two ways. When it speaks the client's own protocol (an OpenAI
 client and an `openai` worker) the client's body is passed through with only the model name
@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +31,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.router import Ejection, Pool, QueueFull, Worker
+from gateway.stream import Stream, describe, error_text
 from templates import (
     MODEL_NAME,
     STREAM,
@@ -75,10 +76,6 @@ class Answer:
     raw: bytes | None = None  # the worker's own JSON body (passthrough calls)
 
 
-class StreamBroken(Exception):
-    """The worker failed after the stream to the client had begun."""
-
-
 class WorkerRejected(GatewayError):
     """A same-protocol worker refused the client's own request; its status is passed on."""
 
@@ -108,102 +105,6 @@ class _AttemptFailed(Exception):
         # Counts toward passive ejection: the worker is down, hung or failing (not a 429, not
         # an answer the extract path could not read).
         self.ejectable = retryable if ejectable is None else ejectable
-
-
-class Stream:
-    """An open streamed answer: iterate for text pieces (str) or passthrough bytes."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        worker: Worker,
-        response: aiohttp.ClientResponse,
-        op: Operation,
-        passthrough: bool,
-        decoded: bool,
-        rename: bytes | None,
-        upstream: "Upstream",
-    ) -> None:
-        self.worker = worker
-        self.tries = 1
-        self.sent_at = time.perf_counter()
-        self._pool = pool
-        self._upstream = upstream
-        self._ejection = upstream.ejection
-        self.passthrough = passthrough
-        self._response = response
-        self._op = op
-        self._decoded = decoded  # the worker streams: decode events; else one whole answer
-        self._rename = rename
-        self._closed = False
-
-    async def pieces(self) -> AsyncIterator[str | bytes]:
-        """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
-        first = True
-        try:
-            async for piece in self._pieces():
-                if first:
-                    first = False
-                    self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
-                yield piece
-        except ExtractError as exc:
-            self.worker.stats.failed(str(exc), None)
-            raise StreamBroken(f"{self.worker.label}: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = _describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
-            self.worker.stats.failed(reason, self._ejection)
-            raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
-        self.worker.stats.succeeded()
-
-    async def _pieces(self) -> AsyncIterator[str | bytes]:
-        if self.passthrough and self._rename is None:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        elif self._decoded:
-            async for piece in self._decode():
-                yield piece
-        else:
-            raw = await self._response.read()
-            yield self._op.extractor.extract(raw)
-
-    async def _decode(self) -> AsyncIterator[str | bytes]:
-        fmt = self._op.stream_format or "sse"
-        events = decoder(fmt)
-        extractor = self._op.stream_extractor
-        done = False
-        async for chunk in self._response.content.iter_any():
-            for payload in events.feed(chunk):
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                if self.passthrough:
-                    yield _reframe(fmt, self._renamed(payload))
-                    continue
-                doc = _loads(payload)
-                if isinstance(doc, dict) and doc.get("error"):
-                    raise ExtractError(f"the worker reported an error: {_error_text(doc)}")
-                text = extractor.text_or_none(doc) if extractor is not None else None
-                if text:
-                    yield text
-            if done:
-                break
-        if self.passthrough and done:
-            yield b"data: [DONE]\n\n"
-
-    def _renamed(self, payload: bytes) -> bytes:
-        doc = _loads(payload)
-        if isinstance(doc, dict) and "model" in doc and self._rename is not None:
-            doc["model"] = self._rename.decode()
-            return orjson.dumps(doc)
-        return payload
-
-    async def aclose(self) -> None:
-        """Release the worker's connection (closing it if the answer was not read to the end)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._upstream.left(self._pool, self.worker)
-        self._response.close()
 
 
 class Upstream:
@@ -466,10 +367,10 @@ class Upstream:
             ) from exc
         except aiohttp.ClientConnectionError as exc:
             raise _AttemptFailed(
-                f"could not reach the worker ({_describe(exc)})", retryable=True
+                f"could not reach the worker ({describe(exc)})", retryable=True
             ) from exc
         except aiohttp.ClientError as exc:
-            raise _AttemptFailed(f"bad HTTP exchange ({_describe(exc)})", retryable=True) from exc
+            raise _AttemptFailed(f"bad HTTP exchange ({describe(exc)})", retryable=True) from exc
         if response.status >= 400:
             try:
                 raw = await response.content.read(2048)
@@ -517,7 +418,7 @@ class Upstream:
             ) from exc
         except aiohttp.ClientError as exc:
             raise _AttemptFailed(
-                f"the worker broke off its answer ({_describe(exc)})", retryable=True
+                f"the worker broke off its answer ({describe(exc)})", retryable=True
             ) from exc
 
     async def _collect(self, response: aiohttp.ClientResponse, op: Operation) -> str:
@@ -537,7 +438,7 @@ class Upstream:
                 ) from exc
             if isinstance(doc, dict) and doc.get("error"):
                 raise _AttemptFailed(
-                    f"the worker reported an error: {_error_text(doc)}", retryable=True
+                    f"the worker reported an error: {error_text(doc)}", retryable=True
                 )
             text = extractor.text_or_none(doc) if extractor is not None else None
             if text:
@@ -563,26 +464,3 @@ def _rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
     if isinstance(doc, dict) and "model" in doc:
         doc["model"] = call.body.get("model")
     return orjson.dumps(doc)
-
-
-def _reframe(fmt: str, payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n" if fmt == "sse" else payload + b"\n"
-
-
-def _loads(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
-
-
-def _error_text(doc: Mapping[str, Any]) -> str:
-    error = doc.get("error")
-    if isinstance(error, Mapping):
-        return str(error.get("message") or error)
-    return str(error)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 200 else text[:200] + "..."

@@ -12,7 +12,8 @@ from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownM
 from gateway.observe import note_model, note_worker
 from gateway.router import Pool
 from gateway.state import ROUTER, UPSTREAM
-from gateway.upstream import Answer, Call, Stream, StreamBroken
+from gateway.stream import Stream, StreamBroken
+from gateway.upstream import Answer, Call
 from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
 
 M = TypeVar("M", bound=BaseModel)

@@ -1,0 +1,142 @@
+"""An open streamed answer: the worker's chunks, passed on as text pieces or as they are.
+
+Once a stream has begun nothing is retried: a worker that fails midway ends it with
+`StreamBroken`, which each route family turns into its own error event.
+"""
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from gateway.router import Pool, Worker
+from templates import ExtractError, Operation, decoder
+
+if TYPE_CHECKING:
+    from gateway.upstream import Upstream
+
+
+class StreamBroken(Exception):
+    """The worker failed after the stream to the client had begun."""
+
+
+class Stream:
+    """An open streamed answer: iterate for text pieces (str) or passthrough bytes."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        worker: Worker,
+        response: aiohttp.ClientResponse,
+        op: Operation,
+        passthrough: bool,
+        decoded: bool,
+        rename: bytes | None,
+        upstream: "Upstream",
+    ) -> None:
+        self.worker = worker
+        self.tries = 1
+        self.sent_at = time.perf_counter()
+        self._pool = pool
+        self._upstream = upstream
+        self._ejection = upstream.ejection
+        self.passthrough = passthrough
+        self._response = response
+        self._op = op
+        self._decoded = decoded  # the worker streams: decode events; else one whole answer
+        self._rename = rename
+        self._closed = False
+
+    async def pieces(self) -> AsyncIterator[str | bytes]:
+        """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
+        first = True
+        try:
+            async for piece in self._pieces():
+                if first:
+                    first = False
+                    self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
+                yield piece
+        except ExtractError as exc:
+            self.worker.stats.failed(str(exc), None)
+            raise StreamBroken(f"{self.worker.label}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
+            self.worker.stats.failed(reason, self._ejection)
+            raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
+        self.worker.stats.succeeded()
+
+    async def _pieces(self) -> AsyncIterator[str | bytes]:
+        if self.passthrough and self._rename is None:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        elif self._decoded:
+            async for piece in self._decode():
+                yield piece
+        else:
+            raw = await self._response.read()
+            yield self._op.extractor.extract(raw)
+
+    async def _decode(self) -> AsyncIterator[str | bytes]:
+        fmt = self._op.stream_format or "sse"
+        events = decoder(fmt)
+        extractor = self._op.stream_extractor
+        done = False
+        async for chunk in self._response.content.iter_any():
+            for payload in events.feed(chunk):
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                if self.passthrough:
+                    yield _reframe(fmt, self._renamed(payload))
+                    continue
+                doc = loads_chunk(payload)
+                if isinstance(doc, dict) and doc.get("error"):
+                    raise ExtractError(f"the worker reported an error: {error_text(doc)}")
+                text = extractor.text_or_none(doc) if extractor is not None else None
+                if text:
+                    yield text
+            if done:
+                break
+        if self.passthrough and done:
+            yield b"data: [DONE]\n\n"
+
+    def _renamed(self, payload: bytes) -> bytes:
+        doc = loads_chunk(payload)
+        if isinstance(doc, dict) and "model" in doc and self._rename is not None:
+            doc["model"] = self._rename.decode()
+            return orjson.dumps(doc)
+        return payload
+
+    async def aclose(self) -> None:
+        """Release the worker's connection (closing it if the answer was not read to the end)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._upstream.left(self._pool, self.worker)
+        self._response.close()
+
+
+def _reframe(fmt: str, payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n" if fmt == "sse" else payload + b"\n"
+
+
+def loads_chunk(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
+
+
+def error_text(doc: Mapping[str, Any]) -> str:
+    error = doc.get("error")
+    if isinstance(error, Mapping):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def describe(exc: BaseException) -> str:
+    """Return a short text for a client-side exception, for logs and error messages."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "..."
