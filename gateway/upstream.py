@@ -378,7 +378,7 @@ class Upstream:
                 raw = b""
             finally:
                 response.release()
-            snippet = raw[:200].decode("utf-8", errors="replace")
+            snippet = _redact(raw[:200].decode("utf-8", errors="replace"), worker)
             if passthrough and response.status in _CLIENT_STATUS:
                 raise WorkerRejected(response.status, f"the model server refused: {snippet}")
             raise _AttemptFailed(
@@ -464,3 +464,12 @@ def _rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
     if isinstance(doc, dict) and "model" in doc:
         doc["model"] = call.body.get("model")
     return orjson.dumps(doc)
+
+
+def _redact(text: str, worker: Worker) -> str:
+    """Hide the worker's own header values (API keys) if its error body echoes them."""
+    for value in worker.record.header.values():
+        for secret in {value, value.rpartition(" ")[2]}:  # "Bearer sk-..." and "sk-..."
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
+    return text

@@ -216,3 +216,15 @@ async def test_registry_writes_fail_with_503_while_redis_is_down(
             assert models == {"kept", "new"}
     finally:
         server.stop()
+
+
+async def test_worker_error_echoing_its_credentials_is_redacted(
+    client: httpx.AsyncClient, make_worker: WorkerFactory
+) -> None:
+    secret = "sk-live-0123456789abcdef"
+    worker = await make_worker(status=401, raw=f'{{"error": "bad key Bearer {secret}"}}'.encode())
+    body = seed_registration("leaky", worker, header={"Authorization": f"Bearer {secret}"})
+    await register(client, body)
+    reply = await chat(client, input="x", model_name="leaky")
+    assert_seed_error(reply, 502, "HTTP 401", "***")
+    assert secret not in reply.text
