@@ -14,7 +14,7 @@ from registry import EmbeddedRedis
 SLOTS = 16384
 
 
-def _node_port() -> int:
+def node_port() -> int:
     """A free port whose cluster-bus twin (port + 10000) is free too and below 65536."""
     for _ in range(200):
         port = random.randint(20000, 50000)
@@ -31,7 +31,7 @@ def _node_port() -> int:
 @contextmanager
 def local_cluster(base: Path, nodes: int = 3) -> Iterator[list[int]]:
     """Start `nodes` cluster nodes on free ports, split the slots, yield their ports."""
-    ports = [_node_port() for _ in range(nodes)]
+    ports = [node_port() for _ in range(nodes)]
     servers = [
         EmbeddedRedis(
             base / f"node-{port}",

@@ -16,6 +16,7 @@ from tests.conftest import GatewayFactory, WorkerFactory
 from tests.gateway.test_cli import data_dir, embedded_pids, start  # noqa: F401 - fixture
 from tests.gateway.test_health import chat, until
 from tests.gateway.test_seed_api import register, seed_registration
+from tests.sentinel import local_sentinel
 
 
 @pytest.mark.slow
@@ -191,3 +192,17 @@ def test_unsupported_redis_url_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="redis\\+sentinel://"):
         load_settings({"redis_url": "memcached://127.0.0.1:11211"}, environ={})
     assert os.environ is not None
+
+
+async def test_sentinel_names_the_registry_master(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    with local_sentinel(tmp_path) as port:
+        gateway = await make_gateway(redis_url=f"redis+sentinel://127.0.0.1:{port}/gateway-main")
+        worker = await make_worker(name="s")
+        async with gateway.client() as client:
+            await until(lambda: _ready(client))
+            assert (await register(client, seed_registration("m", worker))).status_code == 200
+            assert (await chat(client, "m", "via sentinel")).json()["result"] == "s: via sentinel"
+            listing = (await client.get("/api/server/workers")).json()["data"]
+            assert [w["model_name"] for w in listing] == ["m"]
