@@ -112,11 +112,14 @@ class Worker:
         return cls(record, plan, label, target, stats or WorkerStats())
 
 
+Ready = Callable[[Worker], bool]
+
+
 class Balancer(Protocol):
     """Orders the available workers of a pool for one request: the first is tried first."""
 
-    def order(self, workers: tuple[Worker, ...], ready: list[bool], tries: int) -> list[Worker]:
-        """Return up to `tries` workers among those whose `ready` flag is set."""
+    def order(self, workers: tuple[Worker, ...], ready: Ready, tries: int) -> list[Worker]:
+        """Return up to `tries` workers among those `ready` accepts."""
         ...
 
 
@@ -128,13 +131,14 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def order(self, workers: tuple[Worker, ...], ready: list[bool], tries: int) -> list[Worker]:
+    def order(self, workers: tuple[Worker, ...], ready: Ready, tries: int) -> list[Worker]:
         count = len(workers)
         start = self._next % count
         chosen: list[Worker] = []
+        # Stops as soon as `tries` are found: O(tries) when the pool is healthy, whatever its size.
         for step in range(count):
             index = (start + step) % count
-            if ready[index]:
+            if ready(workers[index]):
                 if not chosen:
                     self._next = index + 1
                 chosen.append(workers[index])
@@ -151,12 +155,12 @@ class SmoothWeighted:
     def __init__(self) -> None:
         self._current: dict[str, int] = {}
 
-    def order(self, workers: tuple[Worker, ...], ready: list[bool], tries: int) -> list[Worker]:
+    def order(self, workers: tuple[Worker, ...], ready: Ready, tries: int) -> list[Worker]:
         total = 0
         best: int | None = None
         current = self._current
         for index, worker in enumerate(workers):
-            if not ready[index]:
+            if not ready(worker):
                 continue
             weight = worker.record.weight
             value = current.get(worker.id, 0) + weight
@@ -181,14 +185,14 @@ class LeastOutstanding:
     def __init__(self) -> None:
         self._next = 0
 
-    def order(self, workers: tuple[Worker, ...], ready: list[bool], tries: int) -> list[Worker]:
+    def order(self, workers: tuple[Worker, ...], ready: Ready, tries: int) -> list[Worker]:
         count = len(workers)
         start = self._next % count
         self._next = start + 1
         best: int | None = None
         for step in range(count):
             index = (start + step) % count
-            if ready[index] and (
+            if ready(workers[index]) and (
                 best is None or workers[index].stats.in_flight < workers[best].stats.in_flight
             ):
                 best = index
@@ -198,7 +202,7 @@ class LeastOutstanding:
 
 
 def _then_the_rest(
-    workers: tuple[Worker, ...], ready: list[bool], first: int, tries: int
+    workers: tuple[Worker, ...], ready: Ready, first: int, tries: int
 ) -> list[Worker]:
     count = len(workers)
     chosen = [workers[first]]
@@ -206,7 +210,7 @@ def _then_the_rest(
         if len(chosen) == tries:
             break
         index = (first + step) % count
-        if ready[index]:
+        if ready(workers[index]):
             chosen.append(workers[index])
     return chosen
 
@@ -236,11 +240,10 @@ class Pool:
         """Return the workers to try, in order; empty when none is available."""
         now = time.monotonic()
         workers = self.workers
-        ready = [w.healthy(now) and w.has_room() for w in workers]
-        chosen = self.balancer.order(workers, ready, tries)
+        chosen = self.balancer.order(workers, lambda w: w.healthy(now) and w.has_room(), tries)
         if not chosen and panic and not any(w.healthy(now) for w in workers):
             # Panic mode: every worker is down or ejected; trying them beats failing outright.
-            chosen = self.balancer.order(workers, [w.has_room() for w in workers], tries)
+            chosen = self.balancer.order(workers, Worker.has_room, tries)
         return chosen
 
     def all_busy(self) -> bool:
