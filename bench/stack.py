@@ -6,6 +6,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,12 @@ def start_bare_proxy(procs: Processes, upstream_url: str, cpu: int | None) -> Ta
     return Target("bare", "bare aiohttp proxy (bench/bare_proxy.py)", url, child)
 
 
-def gateway_command(port: int, redis_url: str, *, cprofile_to: Path | None = None) -> list[str]:
+def gateway_command(
+    port: int, redis_url: str, *, cprofile_to: Path | None = None, extra: Sequence[str] = ()
+) -> list[str]:
     """Return the command serving the gateway, optionally wrapped in cProfile."""
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url]
+    args += extra
     if cprofile_to is not None:
         return [sys.executable, "-m", "bench.cprofile_gateway", str(cprofile_to), *args]
     return [sys.executable, "-m", "gateway", *args]
@@ -84,10 +88,11 @@ def start_gateway(
     *,
     name: str = "gateway",
     cprofile_to: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> Target:
-    """Start the gateway as a subprocess and wait until it routes the bench model."""
+    """Start the gateway as a subprocess (`extra`: more `serve` flags) and wait until ready."""
     port = free_port()
-    cmd = gateway_command(port, redis_url, cprofile_to=cprofile_to)
+    cmd = gateway_command(port, redis_url, cprofile_to=cprofile_to, extra=extra)
     child = procs.start(name, pinned(cmd, cpu), env=child_env())
     base = f"http://127.0.0.1:{port}"
     wait_http(child, base + "/healthz")

@@ -51,7 +51,7 @@ class _FixedAnswer(asyncio.Protocol):
                     transport.close()
                 return
             head = bytes(self._buffer[:head_end]).lower()
-            length, close = _content_length(head), b"\nconnection: close" in head
+            length, close = request_body_length(head), b"\nconnection: close" in head
             if length < 0 or length > _MAX_BODY_BYTES:
                 transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
                 transport.close()
@@ -69,7 +69,7 @@ class _FixedAnswer(asyncio.Protocol):
         self._transport = None
 
 
-def _content_length(head: bytes) -> int:
+def request_body_length(head: bytes) -> int:
     """Return the body length from a lower-cased request head (-1 for chunked bodies)."""
     if b"\ntransfer-encoding:" in head:
         return -1

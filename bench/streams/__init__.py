@@ -1,0 +1,1 @@
+"""`python -m bench.streams`: streaming through the gateway, a compressed soak, N processes."""
