@@ -78,8 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings)
 
 
+def _raise_open_file_limit() -> None:
+    # Every open stream holds two sockets (client and worker); a default soft limit of 1,024
+    # would cap a process near 500 streams.
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            log.warning("open-file limit is %d; raise it (ulimit -n) for many streams", soft)
+
+
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one gateway process until SIGINT or SIGTERM."""
+    _raise_open_file_limit()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

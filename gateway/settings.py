@@ -61,7 +61,7 @@ class Settings(BaseModel):
     )
     log_level: str = "INFO"
 
-    upstream_max_connections: Annotated[int, Field(ge=1)] = 1000
+    upstream_max_connections: Annotated[int, Field(ge=1)] = 4096
     upstream_max_connections_per_worker: Annotated[int, Field(ge=0)] = 0
     upstream_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     max_tries: Annotated[int, Field(ge=1, le=10)] = 3
