@@ -8,23 +8,20 @@ import argparse
 import datetime
 import os
 import platform
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench import stack
 from bench.drivers import Driver, choose_driver
-from bench.procs import BenchError, Processes, pinning_available
+from bench.procs import Processes, pinning_available
 from bench.profiling import ProfileSetup, profile_gateway
 from bench.report import Row, Sample, floor_rps, table, write_json
+from bench.session import run_session
 from bench.stack import REPO, Target, shown
-from registry import EmbeddedRedis, EmbeddedRedisError
+from registry import EmbeddedRedis
 
 RESULTS = REPO / "bench" / "results"
 
@@ -55,33 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit code."""
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-bench-"))
-    procs = Processes(workdir)
-    redis = EmbeddedRedis(workdir / "redis", persist=False)
-    try:
-        return _run(args, procs, redis)
-    except (BenchError, EmbeddedRedisError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; stopping everything it started", file=sys.stderr)
-        return 130
-    finally:
-        # Cleanup is bounded (seconds per child); a second Ctrl-C must not cut it short.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        procs.stop_all()
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_session("bench", lambda procs, redis: _run(args, procs, redis))
 
 
 def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> int:

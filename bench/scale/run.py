@@ -8,22 +8,18 @@ import argparse
 import datetime
 import os
 import platform
-import shutil
-import signal
-import sys
-import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench import stack, upstream
 from bench.drivers import choose_driver
-from bench.procs import BenchError, Processes, pinning_available
+from bench.procs import Processes, pinning_available
 from bench.report import write_json
 from bench.run import RESULTS, _git_revision
 from bench.scale import phases, pick, table
+from bench.session import run_session
 from bench.stack import shown
-from registry import EmbeddedRedis, EmbeddedRedisError
+from registry import EmbeddedRedis
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,36 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the scale benchmark; return the exit code."""
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-scale-"))
-    procs = Processes(workdir)
-    redis = EmbeddedRedis(workdir / "redis", persist=False)
-    try:
-        return _run(args, procs, redis)
-    except (BenchError, EmbeddedRedisError) as exc:
-        print(f"bench.scale: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench.scale: interrupted; stopping everything it started", file=sys.stderr)
-        return 130
-    finally:
-        # Cleanup is bounded (seconds per child); a second Ctrl-C must not cut it short.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        procs.stop_all()
-        redis.stop()
-        if args.keep_logs:
-            print(f"bench.scale: logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_session(
+        "bench.scale",
+        lambda procs, redis: _run(args, procs, redis),
+        keep_logs=args.keep_logs,
+    )
 
 
 def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> int:

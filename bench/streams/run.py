@@ -8,12 +8,7 @@ import argparse
 import dataclasses
 import datetime
 import os
-import shutil
-import signal
-import sys
-import tempfile
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench import stack
@@ -22,11 +17,12 @@ from bench.load import run_subprocess
 from bench.procs import BenchError, Processes, pinning_available
 from bench.report import Row, Sample, table, write_json
 from bench.run import RESULTS, _git_revision
+from bench.session import run_session
 from bench.stack import shown
 from bench.streams import peer, phases
 from bench.streams.client import raise_fd_limit
 from bench.streams.rss import fd_limit
-from registry import EmbeddedRedis, EmbeddedRedisError
+from registry import EmbeddedRedis
 
 PHASES = ("streams", "soak", "processes", "peer")
 _MIB = 2**20
@@ -86,32 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the streaming benchmark; return the exit code."""
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop_on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="llmgw-streams-"))
-    procs = Processes(workdir)
-    redis = EmbeddedRedis(workdir / "redis", persist=False)
-    try:
-        return _run(args, procs, redis)
-    except (BenchError, EmbeddedRedisError) as exc:
-        print(f"bench.streams: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench.streams: interrupted; stopping everything it started", file=sys.stderr)
-        return 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        procs.stop_all()
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_session("bench.streams", lambda procs, redis: _run(args, procs, redis))
 
 
 def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> int:

@@ -110,12 +110,12 @@ async def answer(
     model: str,
     call: Call,
     whole: Callable[[Answer], Any],
-    shape: StreamShape,
+    shape: StreamShape | None = None,
 ) -> web.StreamResponse:
     """Answer `call` whole (the worker's own JSON, or `whole` of its text) or as a stream."""
     pool = find_pool(request, model)
     upstream = request.app[UPSTREAM]
-    if not call.stream:
+    if not call.stream or shape is None:
         result = await upstream.complete(pool, call)
         note_answer(request, result)
         if result.raw is not None:

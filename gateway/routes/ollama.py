@@ -19,14 +19,12 @@ from gateway.routes._common import (
     StreamShape,
     answer,
     chat_values,
-    find_pool,
     json_response,
-    note_answer,
     parse_with_raw,
     prompt_values,
     vectors,
 )
-from gateway.state import ROUTER, UPSTREAM
+from gateway.state import ROUTER
 from gateway.upstream import Call
 from templates import USER_PROMPT
 
@@ -156,10 +154,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/embed", access="inference", body=EmbedRequest)
-async def embed(request: web.Request) -> web.Response:
+async def embed(request: web.Request) -> web.StreamResponse:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbedRequest, "embed request")
-    pool = find_pool(request, body.model)
     call = Call(
         "ollama",
         "embedding",
@@ -168,11 +165,9 @@ async def embed(request: web.Request) -> web.Response:
         stream=False,
         request_id=request[REQUEST_ID],
     )
-    result = await request.app[UPSTREAM].complete(pool, call)
-    note_answer(request, result)
-    if result.raw is not None:
-        return web.Response(body=result.raw, content_type="application/json")
-    return json_response({"model": body.model, "embeddings": vectors(result.value)})
+    return await answer(
+        request, body.model, call, lambda r: {"model": body.model, "embeddings": vectors(r.value)}
+    )
 
 
 def _ndjson(shape: Callable[[str, bool], dict[str, Any]]) -> StreamShape:

@@ -20,14 +20,12 @@ from gateway.routes._common import (
     StreamShape,
     answer,
     chat_values,
-    find_pool,
     json_response,
-    note_answer,
     parse_with_raw,
     prompt_values,
     vectors,
 )
-from gateway.state import ROUTER, UPSTREAM
+from gateway.state import ROUTER
 from gateway.upstream import Answer, Call
 from templates import USER_PROMPT
 
@@ -170,10 +168,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/v1/embeddings", access="inference", body=EmbeddingRequest)
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request) -> web.StreamResponse:
     """Embed text with a model whose workers serve embeddings."""
     body, raw = await parse_with_raw(request, EmbeddingRequest, "embedding request")
-    pool = find_pool(request, body.model)
     call = Call(
         "openai",
         "embedding",
@@ -182,16 +179,16 @@ async def embeddings(request: web.Request) -> web.Response:
         stream=False,
         request_id=request[REQUEST_ID],
     )
-    result = await request.app[UPSTREAM].complete(pool, call)
-    note_answer(request, result)
-    if result.raw is not None:
-        return web.Response(body=result.raw, content_type="application/json")
-    data = [
-        {"object": "embedding", "index": i, "embedding": vector}
-        for i, vector in enumerate(vectors(result.value))
-    ]
     usage = {"prompt_tokens": 0, "total_tokens": 0}
-    return json_response({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+    def whole(result: Answer) -> dict[str, Any]:
+        data = [
+            {"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(vectors(result.value))
+        ]
+        return {"object": "list", "data": data, "model": body.model, "usage": usage}
+
+    return await answer(request, body.model, call, whole)
 
 
 def _events(encode: Callable[[str], bytes], last: bytes) -> StreamShape:
