@@ -36,7 +36,15 @@ from gateway.state import (
     UPSTREAM,
 )
 from gateway.upstream import Upstream
-from registry import REDIS_ERRORS, ApiKeyStore, EmbeddedRedis, Follower, RegistryStore, connect
+from registry import (
+    REDIS_ERRORS,
+    ApiKeyStore,
+    EmbeddedRedis,
+    Follower,
+    RegistryStore,
+    connect,
+    pause,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics = app[METRICS] = Metrics(multiproc_dir=settings.metrics_multiproc_dir)
     metrics.watch_registry(lambda: _registry_size(router))
     metrics.watch_workers(lambda: _worker_health(router))
+    metrics.watch_load(lambda: _worker_load(router))
     router.on_removed = metrics.forget_worker
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
     tables = [
@@ -110,6 +119,11 @@ def _worker_health(router: Router) -> Iterator[tuple[str, str, str]]:
         yield worker.record.model_name, worker.label, worker.stats.state(now)
 
 
+def _worker_load(router: Router) -> Iterator[tuple[str, str, int]]:
+    for worker in router.workers():
+        yield worker.record.model_name, worker.label, worker.stats.in_flight
+
+
 def _registry_size(router: Router) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for worker in router.workers():
@@ -119,10 +133,21 @@ def _registry_size(router: Router) -> dict[str, int]:
 
 
 async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
     try:
-        yield
+        if metrics.multiprocess:  # another process's scrape reads this one's load from files
+            async with _background("load-gauges", lambda stop: _sync_load(metrics, stop)):
+                yield
+        else:
+            yield
     finally:
-        app[METRICS].close()
+        metrics.close()
+
+
+async def _sync_load(metrics: Metrics, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        metrics.sync_load()
+        await pause(stop, 1.0)
 
 
 async def _redis_server(app: web.Application) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 RegistrySize = Callable[[], Mapping[str, int]]  # model -> number of its workers
 WorkerHealth = Callable[[], Iterable[tuple[str, str, str]]]  # (model, worker label, state)
+WorkerLoad = Callable[[], Iterable[tuple[str, str, int]]]  # (model, worker label, in flight)
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -65,6 +66,11 @@ class Metrics:
             self._values = self.registry = CollectorRegistry()
         reg = self._values
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Load gauges move twice per request: counted in plain ints and written to the gauges
+        # only when read (`sync_load`), which saves the request path two locked writes each.
+        self.in_progress = 0
+        self._load: WorkerLoad = lambda: ()
+        self._synced_in_flight: dict[tuple[str, str], int] = {}
 
         self._requests = Counter(
             "gateway_requests",
@@ -141,9 +147,32 @@ class Metrics:
     def content_type(self) -> str:
         return CONTENT_TYPE_LATEST
 
+    @property
+    def multiprocess(self) -> bool:
+        """Whether values are shared through files with the other gateway processes."""
+        return self._multiproc_dir is not None
+
     def scrape(self) -> bytes:
         """Return every metric in the Prometheus text format."""
+        self.sync_load()
         return generate_latest(self.registry)
+
+    def watch_load(self, load: WorkerLoad) -> None:
+        """Report each worker's requests in flight, read from `load` when synced."""
+        self._load = load
+
+    def sync_load(self) -> None:
+        """Write the current load (requests in progress, in flight per worker) to its gauges.
+
+        Called at each scrape; with several processes also every second, since a scrape of
+        one process reads the others' values from their files.
+        """
+        self._in_progress.set(self.in_progress)
+        synced = self._synced_in_flight
+        for model, worker, count in self._load():
+            if synced.get((model, worker)) != count:
+                synced[(model, worker)] = count
+                self._child(self._worker_in_flight, (model, worker)).set(count)
 
     def watch_registry(self, size: RegistrySize) -> None:
         """Report the registry's size at each scrape, read from `size` (model -> workers)."""
@@ -172,12 +201,12 @@ class Metrics:
         return child
 
     def request_started(self) -> None:
-        self._in_progress.inc()
+        self.in_progress += 1
 
     def request_finished(
         self, family: str, route: str, model: str, status: int, seconds: float
     ) -> None:
-        self._in_progress.dec()
+        self.in_progress -= 1
         self._child(self._requests, (family, route, model, str(status))).inc()
         self._child(self._request_seconds, (family, model)).observe(seconds)
 
@@ -199,15 +228,12 @@ class Metrics:
         """Count `worker` taken out of rotation."""
         self._ejections.labels(model, worker).inc()
 
-    def set_in_flight(self, model: str, worker: str, count: int) -> None:
-        """Set the number of requests `worker` is handling."""
-        self._child(self._worker_in_flight, (model, worker)).set(count)
-
     def forget_worker(self, model: str, worker: str) -> None:
         """Drop the gauges of a worker that left the registry, so they do not linger."""
         self._children = {
             key: child for key, child in self._children.items() if worker not in key[1]
         }
+        self._synced_in_flight.pop((model, worker), None)
         if self._multiproc_dir is not None:
             return  # prometheus_client cannot remove series in multiprocess mode
         with contextlib.suppress(KeyError):

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import orjson
 
+from gateway.deadlines import Deadlines
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -130,18 +131,15 @@ class Upstream:
         self._queue_timeout_s = queue_timeout_s
         self._panic = panic
         self._metrics = metrics
+        self._deadlines = Deadlines()
 
     def entered(self, pool: Pool, worker: Worker) -> None:
         """A request to `worker` starts."""
         worker.stats.in_flight += 1
-        if self._metrics is not None:
-            self._metrics.set_in_flight(pool.model, worker.label, worker.stats.in_flight)
 
     def left(self, pool: Pool, worker: Worker) -> None:
         """A request to `worker` ended: free its slot and wake a request waiting for one."""
         worker.stats.in_flight -= 1
-        if self._metrics is not None:
-            self._metrics.set_in_flight(pool.model, worker.label, worker.stats.in_flight)
         pool.released()
 
     def first_piece(self, model: str, worker: Worker, sent_at: float) -> None:
@@ -162,19 +160,27 @@ class Upstream:
                 finally:
                     response.release()
                 return Answer(worker, 0, time.perf_counter() - started, text=text)
-            # One deadline for the whole exchange. asyncio's timeout costs one timer; aiohttp's
-            # own total timeout cost about a fifth of the proxy's throughput (bench/).
+            # One deadline for the whole exchange, swept by a shared timer (gateway/deadlines.py);
+            # aiohttp's own total timeout cost about a fifth of the proxy's throughput (bench/).
+            task = asyncio.current_task()
+            assert task is not None
+            deadlines = self._deadlines
+            deadlines.arm(task, timeout_s)
             try:
-                async with asyncio.timeout(timeout_s):
-                    response = await self._send(worker, request, False, passthrough, timeout_s)
-                    try:
-                        raw = await self._read(response)
-                    finally:
-                        response.release()
-            except TimeoutError as exc:
+                response = await self._send(worker, request, False, passthrough, timeout_s)
+                try:
+                    raw = await self._read(response)
+                finally:
+                    response.release()
+            except asyncio.CancelledError:
+                if not deadlines.expired(task):
+                    raise  # the client went away, or the gateway is stopping
                 raise _AttemptFailed(
                     f"no answer within {timeout_s:g}s", retryable=True, timed_out=True
-                ) from exc
+                ) from None
+            finally:
+                if deadlines.disarm(task):
+                    task.uncancel()  # the deadline's cancel is handled: not a real cancellation
             elapsed = time.perf_counter() - started
             if passthrough:
                 return Answer(worker, 0, elapsed, raw=_rename_json(raw, worker, call))
@@ -356,7 +362,7 @@ class Upstream:
                 timeout=(
                     _stream_timeout(timeout_s, self._session.timeout.sock_connect)
                     if streaming
-                    else self._session.timeout  # whole answers: the caller's asyncio deadline
+                    else self._session.timeout  # whole answers: the caller's deadline (Deadlines)
                 ),
             )
         except TimeoutError as exc:

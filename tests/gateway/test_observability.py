@@ -44,7 +44,7 @@ def test_every_metric_method_appears_in_the_scrape() -> None:
     metrics.retry("m")
     metrics.ejected("m", "http://10.0.0.1:8000/v1")
     metrics.watch_workers(lambda: [("m", "http://10.0.0.1:8000/v1", "ejected")])
-    metrics.set_in_flight("m", "http://10.0.0.1:8000/v1", 3)
+    metrics.watch_load(lambda: [("m", "http://10.0.0.1:8000/v1", 3)])
     metrics.redis_error("follower")
     metrics.auth_refused("inference", "missing")
     metrics.rate_limited("requests_per_minute")
