@@ -1,8 +1,9 @@
 """Child processes of a benchmark run: start pinned, watch CPU and memory, always stop.
 
-Every child starts in its own session (so its process group can be killed whole, nginx's
-workers included) and, on Linux, with PR_SET_PDEATHSIG so it dies with the benchmark even if
-the benchmark itself is killed outright. `Processes.stop_all` is called from a `finally`.
+Every child starts in its own session, so its process group can be killed whole and its CPU
+counted whole (nginx's workers, or the processes of `gateway serve --processes N`, included).
+On Linux it starts with PR_SET_PDEATHSIG, so it dies with the benchmark even if the benchmark
+itself is killed outright. `Processes.stop_all` is called from a `finally`.
 """
 
 import contextlib
@@ -77,7 +78,7 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
     def cpu_s(self) -> float:
-        """Return user+sys CPU seconds used so far by every process of the group."""
+        """Return user+sys CPU seconds used so far by the group, reaped children included."""
         return sum(_stat_cpu_s(pid) for pid in _group_pids(self.pid))
 
     def rss_bytes(self) -> int:
@@ -186,8 +187,9 @@ def _stat_cpu_s(pid: int) -> float:
     fields = _stat_fields(pid)
     if fields is None:
         return 0.0
-    # Fields 14 and 15 (utime, stime) in clock ticks; the list starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    # Fields 14-17 (utime, stime, cutime, cstime) in clock ticks; the list starts at field 3.
+    # A reaped child leaves /proc, so its time only shows in its parent's cutime and cstime.
+    return sum(int(value) for value in fields[11:15]) / _CLOCK_TICKS
 
 
 def _rss_bytes(pid: int) -> int:

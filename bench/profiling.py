@@ -66,7 +66,7 @@ def _with_py_spy(setup: ProfileSetup, binary: str, results: Path) -> dict[str, A
     if not spy.alive() and spy.popen.returncode != 0:
         procs.stop(gateway.child, sig=signal.SIGINT)
         return f"py-spy could not sample the gateway: {spy.log_tail(3)}"
-    result = setup.driver.run(gateway.url, setup.connections, setup.duration_s)
+    result = setup.driver.run(gateway, setup.connections, setup.duration_s)
     # py-spy stops by itself after --duration; SIGINT also makes it write what it has.
     with contextlib.suppress(subprocess.TimeoutExpired):
         spy.popen.wait(5.0)
@@ -91,7 +91,7 @@ def _with_cprofile(setup: ProfileSetup, results: Path) -> dict[str, Any]:
         procs, setup.redis_url, setup.server_cpu, name="gateway-cprofile", cprofile_to=output
     )
     stack.check_gateway(gateway)
-    result = setup.driver.run(gateway.url, setup.connections, setup.duration_s)
+    result = setup.driver.run(gateway, setup.connections, setup.duration_s)
     procs.stop(gateway.child, sig=signal.SIGINT, timeout_s=30.0)
     if not output.exists():
         raise BenchError(f"the cProfile gateway wrote no stats:\n{gateway.child.log_tail()}")

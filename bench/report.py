@@ -91,8 +91,9 @@ def floor_rps(rows: list[Row], connections: int) -> float | None:
 def table(rows: list[Row]) -> str:
     """Render the rows as the aligned text table printed at the end of a run."""
     rounds = max((len(row.samples) for row in rows), default=1)
+    width = max((len(row.name) + 1 for row in rows), default=9)
     header = (
-        f"{'row':<9}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'row':<{width}}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'CPU us/req':>12}{'CPU %':>7}{'x bare':>8}{'errors':>8}"
     )
     if rounds > 1:
@@ -102,7 +103,7 @@ def table(rows: list[Row]) -> str:
         data = row.as_dict(floor_rps(rows, row.connections))
         ratio = f"{data['x_bare']:.2f}" if data["x_bare"] is not None else "-"
         line = (
-            f"{row.name:<9}{row.connections:>6}{data['rps']:>10.0f}{data['p50_ms']:>9.2f}"
+            f"{row.name:<{width}}{row.connections:>6}{data['rps']:>10.0f}{data['p50_ms']:>9.2f}"
             f"{data['p99_ms']:>9.2f}{data['cpu_us_per_req']:>12.0f}{data['cpu_pct']:>7.0f}"
             f"{ratio:>8}{data['errors']:>8}"
         )
@@ -110,6 +111,26 @@ def table(rows: list[Row]) -> str:
             line += f"{data['rps_spread_pct']:>13.0f}%"
         lines.append(line)
     return "\n".join(lines)
+
+
+def legend(rows: list[Row]) -> str:
+    """Render what each row of the table measures, one line per row name."""
+    whats = {row.name: row.what for row in rows}
+    width = max((len(name) + 2 for name in whats), default=9)
+    return "\n".join(f"  {name:<{width}}{what}" for name, what in whats.items())
+
+
+def versus(rows: list[Row], ours: str, theirs: str, connections: int) -> dict[str, float] | None:
+    """Return `ours` over `theirs` in req/s, and `theirs` over `ours` in CPU per request."""
+    by_key = {row.key: row for row in rows}
+    mine, peer = by_key.get(f"{ours}@{connections}"), by_key.get(f"{theirs}@{connections}")
+    if mine is None or peer is None:
+        return None
+    rps, cpu = mine.median("rps"), mine.median("cpu_us_per_req")
+    peer_rps, peer_cpu = peer.median("rps"), peer.median("cpu_us_per_req")
+    if not (rps and cpu and peer_rps and peer_cpu):
+        return None
+    return {"rps_x": round(rps / peer_rps, 1), "cpu_per_req_x_less": round(peer_cpu / cpu, 1)}
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

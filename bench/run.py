@@ -1,7 +1,8 @@
 """One benchmark run: start everything, measure each row, print and save, stop everything.
 
-CPU 0 runs the load generator and the upstream, CPU 1 the server under test (bare proxy or
-gateway), so the server being measured never competes with the load for its core.
+CPU 0 runs the load generator and the upstream, CPU 1 the server under test (bare proxy,
+gateway or LiteLLM), so the server being measured never competes with the load for its core.
+The N-process gateway is the exception: it needs every core, so it runs unpinned.
 """
 
 import argparse
@@ -10,17 +11,19 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import stack
+from bench import rows as bench_rows
 from bench.drivers import Driver, choose_driver
-from bench.procs import Processes, pinning_available
+from bench.procs import BenchError, Processes, pinning_available
 from bench.profiling import ProfileSetup, profile_gateway
-from bench.report import Row, Sample, floor_rps, table, write_json
+from bench.report import Row, Sample, floor_rps, legend, table, versus, write_json
 from bench.session import run_session
 from bench.stack import REPO, Target, shown
+from bench.streams import peer
 from registry import EmbeddedRedis
 
 RESULTS = REPO / "bench" / "results"
@@ -42,7 +45,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="then profile the gateway")
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument(
+        "--only",
+        default=",".join(bench_rows.ROWS),
+        help=f"comma-separated rows to measure, of {','.join(bench_rows.ROWS)} (default: all)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=max(2, len(os.sched_getaffinity(0))),
+        help="N of the gateway-xN row (default: one per CPU, at least 2)",
+    )
+    parser.add_argument(
+        "--install-peers",
+        action="store_true",
+        help=f"first install LiteLLM into {shown(peer.VENV)} (for the litellm row)",
+    )
     args = parser.parse_args(argv)
+    args.only = frozenset(row.strip() for row in args.only.split(",") if row.strip())
+    if not args.only or not args.only <= set(bench_rows.ROWS):
+        parser.error(f"--only takes a subset of {','.join(bench_rows.ROWS)}")
+    if not 2 <= args.processes <= 64:
+        parser.error("--processes must be 2..64")
+    if args.profile and "gateway" not in args.only:
+        parser.error("--profile profiles the gateway row: keep it in --only")
     if args.quick:
         args.duration, args.warmup = 2, 0
     if not 1 <= args.duration <= 120 or not 0 <= args.warmup <= 30:
@@ -55,6 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return the exit code."""
     args = parse_args(argv)
+    if args.install_peers:
+        try:
+            peer.install()
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
     return run_session("bench", lambda procs, redis: _run(args, procs, redis))
 
 
@@ -65,35 +97,25 @@ def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> in
     redis.start()
     if pin and redis.pid is not None:
         os.sched_setaffinity(redis.pid, {0})  # idle during the rows; keep it off CPU 1
-    direct, upstream_kind = stack.start_upstream(procs, args.upstream, load_cpu)
-    bare = stack.start_bare_proxy(procs, direct.url, server_cpu)
-    gateway = stack.start_gateway(procs, redis.url, server_cpu)
-    stack.register_worker(gateway, direct.url)
-    stack.check_gateway(gateway)
-    rss_start = gateway.child.rss_bytes()
-    print(
-        f"bench: upstream={upstream_kind} load={driver.kind} "
-        f"pinning={'load+upstream on CPU 0, server on CPU 1' if pin else 'off'} "
-        f"rows of {args.duration}s at {args.connections} and 1 connection(s), "
-        f"{args.rounds} round(s)"
-    )
-    rows = _measure(args, driver, [direct, bare, gateway])
-    rss_after = {"gateway": gateway.child.rss_bytes(), "bare": bare.child.rss_bytes()}
+    plan = bench_rows.Plan(args.only, args.upstream, args.processes, load_cpu, server_cpu)
+    targets, upstream_kind = bench_rows.start(procs, redis.url, plan)
+    rss_start = _rss(targets)
+    print(_header(args, upstream_kind, driver, pin, targets))
+    rows = _measure(args, driver, targets)
     document = _document(args, rows, upstream_kind, driver, pin)
-    document["rss_bytes"] = {"gateway_at_start": rss_start, **rss_after}
+    document["rss_bytes"] = {"at_start": rss_start, "after_the_run": _rss(targets)}
+    print()
+    print(legend(rows))
     print()
     print(table(rows))
     print()
-    for name, added in document["added_p50_ms_at_1_connection"].items():
-        print(f"added p50 latency at 1 connection, {name} - direct: {added:.3f} ms")
-    print(
-        f"RSS after the run: gateway {rss_after['gateway'] / 2**20:.1f} MiB "
-        f"(at start {rss_start / 2**20:.1f} MiB), bare proxy {rss_after['bare'] / 2**20:.1f} MiB"
-    )
+    _print_summary(document)
     write_json(args.output, document)
     print(f"results written to {shown(args.output)}")
     if args.profile:
-        procs.stop(gateway.child, sig=signal.SIGINT)
+        # The profiled gateway gets the server CPU to itself, as the measured one had.
+        for target in _servers(targets):
+            procs.stop(target.child, sig=signal.SIGINT)
         setup = ProfileSetup(
             procs, driver, redis.url, args.connections, args.duration, server_cpu, load_cpu
         )
@@ -102,31 +124,86 @@ def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> in
     return 0
 
 
-def _measure(args: argparse.Namespace, driver: Driver, targets: list[Target]) -> list[Row]:
-    rows = [Row(t.name, t.what, args.connections) for t in targets]
+def _header(
+    args: argparse.Namespace,
+    upstream_kind: str,
+    driver: Driver,
+    pin: bool,
+    targets: dict[str, Target],
+) -> str:
+    """Return the run's first line: what runs where, and how long each row lasts."""
+    pinning = "load+upstream on CPU 0, server on CPU 1" if pin else "off"
+    if pin and "gateway-xN" in targets:
+        name = targets["gateway-xN"].name
+        pinning += f" ({name} UNPINNED: its {args.processes} processes share every CPU)"
+    return (
+        f"bench: upstream={upstream_kind} load={driver.kind} pinning={pinning}; "
+        f"rows of {args.duration}s at {args.connections} and 1 connection(s), "
+        f"{args.rounds} round(s)"
+    )
+
+
+def _servers(targets: dict[str, Target]) -> list[Target]:
+    """Return the first target of each server process group, the upstream left out."""
+    servers: dict[int, Target] = {}
+    for row, target in targets.items():
+        if row != "direct":
+            servers.setdefault(target.child.pid, target)
+    return list(servers.values())
+
+
+def _rss(targets: dict[str, Target]) -> dict[str, int]:
+    """Return the RSS of each server's process group, by the name of its first row."""
+    return {target.name: target.child.rss_bytes() for target in _servers(targets)}
+
+
+def _measure(args: argparse.Namespace, driver: Driver, targets: dict[str, Target]) -> list[Row]:
+    rows = [Row(t.name, t.what, args.connections) for t in targets.values()]
     if args.connections != 1:
-        rows += [Row(t.name, t.what, 1) for t in targets]
-    by_name = {t.name: t for t in targets}
+        rows += [Row(t.name, t.what, 1) for r, t in targets.items() if r in bench_rows.LATENCY_ROWS]
+    by_name = {t.name: t for t in targets.values()}
+    width = max(len(row.key) for row in rows) + 1
     for round_index in range(args.rounds):
         for row in rows:
             target = by_name[row.name]
             if args.warmup:
-                driver.run(target.url, row.connections, args.warmup)
+                driver.run(target, row.connections, args.warmup)
             before = target.child.cpu_s()
-            result = driver.run(target.url, row.connections, args.duration)
+            result = driver.run(target, row.connections, args.duration)
             row.samples.append(Sample(result, target.child.cpu_s() - before))
             print(
-                f"  round {round_index + 1} {row.key:<12} {result.rps:9.0f} req/s "
-                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms errors {result.errors}"
+                f"  round {round_index + 1} {row.key:<{width}}{result.rps:9.0f} req/s "
+                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms errors {result.errors}",
+                flush=True,
             )
     return rows
+
+
+def _print_summary(document: dict[str, Any]) -> None:
+    """Print the ratios against LiteLLM, the added latency and the memory under the table."""
+    versus_litellm = document["vs_litellm"]
+    if versus_litellm:
+        print(
+            f"gateway x LiteLLM at {document['settings']['connections']} connections, "
+            "one process each (issue target: >= 40x one LiteLLM worker):"
+        )
+    for name, ratio in versus_litellm.items():
+        print(
+            f"  {name:<16}{ratio['rps_x']:>7.1f}x the req/s, "
+            f"{ratio['cpu_per_req_x_less']:.1f}x less CPU per request"
+        )
+    for name, added in document["added_p50_ms_at_1_connection"].items():
+        print(f"added p50 latency at 1 connection, {name} - direct: {added:.3f} ms")
+    start, after = document["rss_bytes"]["at_start"], document["rss_bytes"]["after_the_run"]
+    print(
+        "RSS after the run (at start): "
+        + ", ".join(f"{n} {after[n] / 2**20:.1f} MiB ({start[n] / 2**20:.1f})" for n in after)
+    )
 
 
 def _document(
     args: argparse.Namespace, rows: list[Row], upstream_kind: str, driver: Driver, pin: bool
 ) -> dict[str, Any]:
-    by_key = {row.key: row for row in rows}
-    direct_p50 = by_key["direct@1"].median("p50_ms")
     return {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": _git_revision(),
@@ -135,6 +212,7 @@ def _document(
             "loadavg_at_end": list(os.getloadavg()),
             "python": platform.python_version(),
             "aiohttp": metadata.version("aiohttp"),
+            "litellm": peer.version(),
         },
         "settings": {
             "duration_s": args.duration,
@@ -144,13 +222,28 @@ def _document(
             "upstream": upstream_kind,
             "load_generator": driver.kind,
             "pinned": pin,
+            "gateway_processes": args.processes,
+            "rows": sorted(args.only),
         },
         "rows": [row.as_dict(floor_rps(rows, row.connections)) for row in rows],
-        "added_p50_ms_at_1_connection": {
-            name: round(by_key[f"{name}@1"].median("p50_ms") - direct_p50, 3)
-            for name in ("bare", "gateway")
-        },
+        "added_p50_ms_at_1_connection": _added_p50(rows),
+        "vs_litellm": _vs_litellm(rows, args.connections),
     }
+
+
+def _added_p50(rows: list[Row]) -> dict[str, float]:
+    """Return each proxy's p50 at 1 connection minus the direct row's: what the hop adds."""
+    at_one = {row.name: row.median("p50_ms") for row in rows if row.connections == 1}
+    direct = at_one.pop("direct", None)
+    if direct is None:
+        return {}
+    return {name: round(p50 - direct, 3) for name, p50 in at_one.items()}
+
+
+def _vs_litellm(rows: list[Row], connections: int) -> dict[str, dict[str, float]]:
+    """Return the single-process gateway rows against LiteLLM's, where both were measured."""
+    ratios = {name: versus(rows, name, "litellm", connections) for name in bench_rows.VERSUS}
+    return {name: ratio for name, ratio in ratios.items() if ratio is not None}
 
 
 def _git_revision() -> str | None:

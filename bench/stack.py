@@ -6,7 +6,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,27 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "bench"
 CHAT_PATH = "/api/v1/chat/completions"
 CHAT_BODY = json.dumps({"input": "hello", "model_name": MODEL}, separators=(",", ":")).encode()
+OPENAI_MODEL = "bench-openai"
+
+
+def openai_body(model: str) -> bytes:
+    """Return the non-streamed OpenAI chat body every OpenAI-speaking row sends."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+OPENAI_BODY = openai_body(OPENAI_MODEL)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A server the load generator drives, and the process group whose CPU is counted."""
+    """A server the load generator drives with `body`, and the process group whose CPU counts."""
 
     name: str
     what: str
     url: str
     child: Child
+    body: bytes = CHAT_BODY
 
 
 def child_env() -> dict[str, str]:
@@ -49,12 +60,21 @@ def start_upstream(procs: Processes, kind: str, cpu: int | None) -> tuple[Target
     if cmd is None:
         cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
     child = procs.start("upstream", pinned(cmd, cpu), env=child_env())
-    url = f"http://127.0.0.1:{port}{upstream.PATH}"
-    wait_http(child, url)
-    status, raw = http_post(url, CHAT_BODY)
-    if status != 200 or raw != upstream.ANSWER:
-        raise BenchError(f"the {used} upstream answered {status} {raw[:200]!r}")
-    return Target("direct", f"{used} upstream, no proxy", url, child), used
+    base = f"http://127.0.0.1:{port}"
+    wait_http(child, base + upstream.PATH)
+    for path, body, expected in (
+        (upstream.PATH, CHAT_BODY, upstream.ANSWER),
+        (upstream.OPENAI_PATH, OPENAI_BODY, upstream.OPENAI_ANSWER),
+    ):
+        status, raw = http_post(base + path, body)
+        if status != 200 or raw != expected:
+            raise BenchError(f"the {used} upstream answered {path}: {status} {raw[:200]!r}")
+    return Target("direct", f"{used} upstream, no proxy", base + upstream.PATH, child), used
+
+
+def openai_base(direct: Target) -> str:
+    """Return the upstream's OpenAI base URL: clients append /chat/completions to it."""
+    return direct.url.removesuffix(upstream.PATH) + "/v1"
 
 
 def start_bare_proxy(procs: Processes, upstream_url: str, cpu: int | None) -> Target:
@@ -117,7 +137,6 @@ def _wait_ready(child: Child, url: str, timeout_s: float = 30.0) -> None:
 
 def register_worker(gateway: Target, upstream_url: str) -> None:
     """Register the seed-style template worker pointing at the upstream."""
-    base = gateway.url.removesuffix(CHAT_PATH)
     spec = {
         "model_name": MODEL,
         "req_url_template": upstream_url,
@@ -125,23 +144,58 @@ def register_worker(gateway: Target, upstream_url: str) -> None:
         "response_extract": "data.items[].attributes.answer",
         "owner": "bench",
     }
-    status, raw = http_post(base + "/api/server/register", json.dumps(spec).encode())
+    _register(gateway, spec)
+
+
+def register_openai_worker(gateway: Target, base_url: str) -> Target:
+    """Register an `openai` preset worker at `base_url`; return the gateway's OpenAI route."""
+    spec = {
+        "model_name": OPENAI_MODEL,
+        "preset": "openai",
+        "req_url_template": base_url,
+        "owner": "bench",
+    }
+    _register(gateway, spec)
+    url = gateway.url.removesuffix(CHAT_PATH) + upstream.OPENAI_PATH
+    what = "llm-gateway, OpenAI passthrough (openai preset worker)"
+    return Target("gateway-openai", what, url, gateway.child, OPENAI_BODY)
+
+
+def _register(gateway: Target, spec: dict[str, Any]) -> None:
+    url = gateway.url.removesuffix(CHAT_PATH) + "/api/server/register"
+    status, raw = http_post(url, json.dumps(spec).encode())
     if status != 200:
-        raise BenchError(f"registering the bench worker failed: {status} {raw[:300]!r}")
+        raise BenchError(
+            f"registering bench worker {spec['model_name']!r} failed: {status} {raw[:300]!r}"
+        )
 
 
 def check_gateway(gateway: Target) -> None:
     """Fail unless the gateway answers the bench request with the upstream's text."""
-    status, raw = http_post(gateway.url, CHAT_BODY)
+    _check(gateway, lambda answer: answer.get("result"))
+
+
+def check_openai(target: Target) -> None:
+    """Fail unless `target` answers its OpenAI chat request with the upstream's text."""
+    _check(target, _openai_content)
+
+
+def _check(target: Target, text_of: Callable[[dict[str, Any]], Any]) -> None:
+    status, raw = http_post(target.url, target.body)
     answer: Any = _json(raw)
-    if (
-        status != 200
-        or not isinstance(answer, dict)
-        or answer.get("result") != upstream.ANSWER_TEXT
-    ):
+    if status != 200 or not isinstance(answer, dict) or text_of(answer) != upstream.ANSWER_TEXT:
         raise BenchError(
-            f"the gateway answered {status} {raw[:300]!r}:\n{gateway.child.log_tail()}"
+            f"{target.name} answered {status} {raw[:300]!r}:\n{target.child.log_tail()}"
         )
+
+
+def _openai_content(answer: dict[str, Any]) -> Any:
+    """Return choices[0].message.content, or None when the answer is not shaped so."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    return message.get("content") if isinstance(message, dict) else None
 
 
 def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:

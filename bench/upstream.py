@@ -1,9 +1,11 @@
 """The fixed-answer upstream: nginx when installed, else a raw-socket asyncio server.
 
-Either way every request, whatever its method, path or body, gets the same JSON answer in the
-seed worker's shape, on a keep-alive HTTP/1.1 connection. The Python server parses only what
-keep-alive needs (the end of the head and Content-Length), so it stays far cheaper per request
-than anything it is put behind. Run it alone with `python -m bench.upstream --port P`.
+Either way a POST to /v1/chat/completions gets a fixed OpenAI chat.completion, and every other
+request, whatever its method, path or body, the same JSON answer in the seed worker's shape,
+on a keep-alive HTTP/1.1 connection. The Python server parses only what keep-alive and that
+choice need (the request line, the end of the head and Content-Length), so it stays far
+cheaper per request than anything it is put behind. Run it alone with
+`python -m bench.upstream --port P`.
 """
 
 import argparse
@@ -17,19 +19,30 @@ from bench import loop
 ANSWER = b'{"data":{"items":[{"attributes":{"answer":"ok"}}]}}'
 ANSWER_TEXT = "ok"
 PATH = "/api/generate"
-
-_RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-    + str(len(ANSWER)).encode()
-    + b"\r\n\r\n"
-    + ANSWER
+OPENAI_PATH = "/v1/chat/completions"
+# Shaped like a real server's answer (id, created, usage) so LiteLLM takes its usual path.
+OPENAI_ANSWER = (
+    b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,'
+    b'"model":"bench-openai","choices":[{"index":0,"message":{"role":"assistant",'
+    b'"content":"ok"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
 )
+
+
+def _response(answer: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}"
+    return head.encode() + b"\r\n\r\n" + answer
+
+
+_RESPONSE = _response(ANSWER)
+_OPENAI_RESPONSE = _response(OPENAI_ANSWER)
+_OPENAI_REQUEST_LINE = f"post {OPENAI_PATH} ".encode()
 _MAX_HEAD_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class _FixedAnswer(asyncio.Protocol):
-    """Answer each complete request on the connection with `_RESPONSE` (pipelining-safe)."""
+    """Answer each complete request on the connection with its fixed answer (pipelining-safe)."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
@@ -60,7 +73,8 @@ class _FixedAnswer(asyncio.Protocol):
             if len(self._buffer) < end:
                 return
             del self._buffer[:end]
-            transport.write(_RESPONSE)
+            is_openai = head.startswith(_OPENAI_REQUEST_LINE)
+            transport.write(_OPENAI_RESPONSE if is_openai else _RESPONSE)
             if close:
                 transport.close()
                 return
@@ -93,8 +107,8 @@ async def serve(host: str, port: int) -> None:
 
 
 def nginx_config(port: int, prefix: Path) -> str:
-    """Return an nginx.conf serving the fixed answer on 127.0.0.1:port from `prefix`."""
-    answer = ANSWER.decode().replace("\\", "\\\\").replace("'", "\\'")
+    """Return an nginx.conf serving the fixed answers on 127.0.0.1:port from `prefix`."""
+    answer, openai_answer = _nginx_string(ANSWER), _nginx_string(OPENAI_ANSWER)
     temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     return f"""\
 daemon off;
@@ -118,9 +132,18 @@ http {{
             default_type application/json;
             return 200 '{answer}';
         }}
+        location = {OPENAI_PATH} {{
+            default_type application/json;
+            return 200 '{openai_answer}';
+        }}
     }}
 }}
 """
+
+
+def _nginx_string(answer: bytes) -> str:
+    """Return `answer` quoted for a single-quoted nginx string."""
+    return answer.decode().replace("\\", "\\\\").replace("'", "\\'")
 
 
 def nginx_command(port: int, prefix: Path) -> list[str] | None:

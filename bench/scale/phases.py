@@ -176,9 +176,9 @@ def _row(
     warmup_s: int,
 ) -> None:
     if warmup_s:
-        driver.run(target.url, connections, warmup_s)
+        driver.run(target, connections, warmup_s)
     before = target.child.cpu_s()
-    result = driver.run(target.url, connections, duration_s)
+    result = driver.run(target, connections, duration_s)
     row.samples.append(Sample(result, target.child.cpu_s() - before))
 
 

@@ -113,7 +113,7 @@ def soak(
     requests = errors = 0
     elapsed_s = 0.0
     while elapsed_s < soak_s:
-        result = driver.run(gateway.url, connections, every_s)
+        result = driver.run(gateway, connections, every_s)
         elapsed_s += result.duration_s
         requests += result.requests
         errors += result.errors
@@ -150,9 +150,9 @@ def processes_rows(
     for round_index in range(rounds):
         for row, gateway in zip(rows, gateways, strict=True):
             if warmup_s:
-                driver.run(gateway.url, connections, warmup_s)
+                driver.run(gateway, connections, warmup_s)
             before = gateway.child.cpu_s()
-            result = driver.run(gateway.url, connections, duration_s)
+            result = driver.run(gateway, connections, duration_s)
             row.samples.append(Sample(result, gateway.child.cpu_s() - before))
             print(
                 f"  round {round_index + 1} {row.name:<12}{result.rps:8.0f} req/s "

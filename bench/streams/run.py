@@ -236,7 +236,9 @@ def _peer(
     url = phases.register_stream_worker(gateway, upstream)
     base = upstream.url.removesuffix("/chat/completions")
     try:
-        litellm = peer.start_litellm(procs, command, base, procs.log_dir, pins.server)
+        litellm = peer.start_litellm(
+            procs, command, base, procs.log_dir, pins.server, model=phases.STREAM_MODEL
+        )
     except BenchError as exc:
         print(f"\npeer: LiteLLM did not start; no row. {exc}")
         return {"missing": False, "error": str(exc)}

@@ -1,0 +1,97 @@
+"""The rows of `python -m bench`: which servers one run starts, and what each row drives.
+
+`gateway` and `gateway-openai` are one gateway process, pinned to the server CPU, on its seed
+route and on its OpenAI route. `gateway-xN` is `serve --processes N`: N processes need every
+core, so it runs unpinned. `litellm` is the optional peer of bench/streams/peer.py, pinned to
+the server CPU like the gateway, skipped with the install command when it is missing.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from bench import stack
+from bench.procs import BenchError, Processes
+from bench.stack import Target
+from bench.streams import peer
+
+ROWS = ("direct", "bare", "gateway", "gateway-openai", "gateway-xN", "litellm")
+LATENCY_ROWS = frozenset({"direct", "bare", "gateway", "gateway-openai"})  # also at 1 connection
+VERSUS = ("gateway-openai", "gateway")  # one process each, held against LiteLLM's one worker
+_GATEWAY_ROWS = frozenset({"gateway", "gateway-openai", "gateway-xN"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run starts: the wanted rows, the upstream kind, the CPUs and the N of -xN."""
+
+    rows: frozenset[str]
+    upstream: str
+    processes: int
+    load_cpu: int | None
+    server_cpu: int | None
+
+
+def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Target], str]:
+    """Start the servers of the wanted rows; return them by row, in ROWS order, and the upstream."""
+    direct, upstream_kind = stack.start_upstream(procs, plan.upstream, plan.load_cpu)
+    started = {"direct": direct}
+    if "bare" in plan.rows:
+        started["bare"] = stack.start_bare_proxy(procs, direct.url, plan.server_cpu)
+    if plan.rows & _GATEWAY_ROWS:
+        started.update(_start_gateways(procs, redis_url, direct, plan))
+    if "litellm" in plan.rows:
+        litellm = _start_litellm(procs, direct, plan.server_cpu)
+        if litellm is not None:
+            started["litellm"] = litellm
+    return {row: started[row] for row in ROWS if row in plan.rows and row in started}, upstream_kind
+
+
+def _start_gateways(
+    procs: Processes, redis_url: str, direct: Target, plan: Plan
+) -> dict[str, Target]:
+    """Start one gateway and register both bench workers through it, then the N-process one."""
+    gateway = stack.start_gateway(procs, redis_url, plan.server_cpu)
+    stack.register_worker(gateway, direct.url)
+    openai = stack.register_openai_worker(gateway, stack.openai_base(direct))
+    stack.check_gateway(gateway)
+    stack.check_openai(openai)
+    started = {"gateway": gateway, "gateway-openai": openai}
+    if "gateway-xN" in plan.rows:
+        # Started after the registration, each of its processes loads both workers before it
+        # listens, instead of learning about them from a change event while being measured.
+        started["gateway-xN"] = _start_processes(procs, redis_url, plan.processes)
+    return started
+
+
+def _start_processes(procs: Processes, redis_url: str, processes: int) -> Target:
+    """Start `gateway serve --processes N`, unpinned, and check that it answers."""
+    name = f"gateway-x{processes}"
+    many = stack.start_gateway(
+        procs, redis_url, None, name=name, extra=["--processes", str(processes)]
+    )
+    what = f"llm-gateway --processes {processes}, seed route, UNPINNED (shares CPUs with load)"
+    target = dataclasses.replace(many, name=name, what=what)
+    stack.check_gateway(target)
+    return target
+
+
+def _start_litellm(procs: Processes, direct: Target, cpu: int | None) -> Target | None:
+    """Start LiteLLM's proxy as the peer row, or say why there is none and return None."""
+    command = peer.binary()
+    if command is None:
+        print(f"bench: no litellm row; {peer.MISSING} (or: python -m bench --install-peers)")
+        return None
+    base = stack.openai_base(direct)
+    try:
+        litellm = peer.start_litellm(
+            procs, command, base, procs.log_dir, cpu, model=stack.OPENAI_MODEL
+        )
+        stack.check_openai(litellm)
+    except BenchError as exc:
+        print(f"bench: LiteLLM did not start; no litellm row. {exc}")
+        # Stopped now, so a half-started peer does not load the server CPU during the rows.
+        for child in [c for c in procs.children if c.name == "litellm"]:
+            procs.stop(child)
+        return None
+    what = f"LiteLLM {peer.version()} proxy, 1 worker (side venv)"
+    return dataclasses.replace(litellm, what=what)
