@@ -16,6 +16,7 @@ from gateway.auth import GUARD, Guard, access_middleware
 from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.health import HealthChecker, reap_expired
+from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Ejection, Router
@@ -204,21 +205,22 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connector = aiohttp.TCPConnector(
+    # Worker calls go through the lean client of gateway/http1.py; health probes (a GET now
+    # and then) through an aiohttp session.
+    client = Client(
         limit=settings.upstream_max_connections,
         limit_per_host=settings.upstream_max_connections_per_worker,
-        ttl_dns_cache=300,
-        keepalive_timeout=30,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
     )
     session = aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout_s),
-        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent",),
     )
     app[SESSION] = session
     app[UPSTREAM] = Upstream(
-        session,
+        client,
         max_tries=settings.max_tries,
         max_response_bytes=settings.max_response_bytes,
         request_timeout_s=settings.request_timeout_s,
@@ -232,6 +234,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await client.close()
         await session.close()
 
 

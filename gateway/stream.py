@@ -8,9 +8,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
+from gateway.http1 import HTTPClientError, Response
 from gateway.router import Pool, Worker
 from templates import ExtractError, Operation, decoder
 
@@ -29,7 +29,7 @@ class Stream:
         self,
         pool: Pool,
         worker: Worker,
-        response: aiohttp.ClientResponse,
+        response: Response,
         op: Operation,
         passthrough: bool,
         decoded: bool,
@@ -61,7 +61,7 @@ class Stream:
         except ExtractError as exc:
             self.worker.stats.failed(str(exc), None)
             raise StreamBroken(f"{self.worker.label}: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HTTPClientError, TimeoutError) as exc:
             reason = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
             self.worker.stats.failed(reason, self._ejection)
             raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
@@ -69,7 +69,7 @@ class Stream:
 
     async def _pieces(self) -> AsyncIterator[str | bytes]:
         if self.passthrough and self._rename is None:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response.chunks():
                 yield chunk
         elif self._decoded:
             async for piece in self._decode():
@@ -83,7 +83,7 @@ class Stream:
         events = decoder(fmt)
         extractor = self._op.stream_extractor
         done = False
-        async for chunk in self._response.content.iter_any():
+        async for chunk in self._response.chunks():
             for payload in events.feed(chunk):
                 if payload == b"[DONE]":
                     done = True
@@ -110,12 +110,12 @@ class Stream:
         return payload
 
     async def aclose(self) -> None:
-        """Release the worker's connection (closing it if the answer was not read to the end)."""
+        """Release the worker's connection (closed if the answer was not read to its end)."""
         if self._closed:
             return
         self._closed = True
         self._upstream.left(self._pool, self.worker)
-        self._response.close()
+        self._response.release()
 
 
 def _reframe(fmt: str, payload: bytes) -> bytes:

@@ -11,14 +11,12 @@ changed; otherwise the worker's operation template is rendered and its answer ex
 """
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import aiohttp
 import orjson
 
 from gateway.deadlines import Deadlines
@@ -30,6 +28,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.http1 import Client, ConnectFailed, HTTPClientError, Response
 from gateway.metrics import Metrics
 from gateway.router import Ejection, Pool, QueueFull, Worker
 from gateway.stream import Stream, describe, error_text
@@ -109,11 +108,11 @@ class _AttemptFailed(Exception):
 
 
 class Upstream:
-    """Sends requests to workers over one bounded, keep-alive `ClientSession`."""
+    """Sends requests to workers over one bounded, keep-alive HTTP client (gateway/http1.py)."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: Client,
         *,
         max_tries: int,
         max_response_bytes: int,
@@ -123,7 +122,7 @@ class Upstream:
         panic: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self._session = session
+        self._client = client
         self._max_tries = max_tries
         self._max_response_bytes = max_response_bytes
         self._request_timeout_s = request_timeout_s
@@ -352,18 +351,16 @@ class Upstream:
         streaming: bool,
         passthrough: bool,
         timeout_s: float,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         try:
-            response = await self._session.request(
+            response = await self._client.request(
                 request.method,
                 request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=(
-                    _stream_timeout(timeout_s, self._session.timeout.sock_connect)
-                    if streaming
-                    else self._session.timeout  # whole answers: the caller's deadline (Deadlines)
-                ),
+                request.headers,
+                request.body,
+                # A stream may run long: what must not exceed timeout_s is each wait for data.
+                # A whole answer has one deadline for the exchange, kept by the caller.
+                read_timeout_s=timeout_s if streaming else None,
             )
         except TimeoutError as exc:
             raise _AttemptFailed(
@@ -371,19 +368,19 @@ class Upstream:
                 retryable=True,
                 timed_out=True,
             ) from exc
-        except aiohttp.ClientConnectionError as exc:
+        except ConnectFailed as exc:
             raise _AttemptFailed(
                 f"could not reach the worker ({describe(exc)})", retryable=True
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HTTPClientError as exc:
             raise _AttemptFailed(f"bad HTTP exchange ({describe(exc)})", retryable=True) from exc
         if response.status >= 400:
             try:
-                raw = await response.content.read(2048)
-            except (aiohttp.ClientError, TimeoutError):
+                raw = await response.read_some(2048)
+            except (HTTPClientError, TimeoutError):
                 raw = b""
             finally:
-                response.release()
+                response.close()
             snippet = _redact(raw[:200].decode("utf-8", errors="replace"), worker)
             if passthrough and response.status in _CLIENT_STATUS:
                 raise WorkerRejected(response.status, f"the model server refused: {snippet}")
@@ -395,39 +392,29 @@ class Upstream:
             )
         return response
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: Response) -> bytes:
         limit = self._max_response_bytes
+        length = response.content_length
+        if length is not None and length > limit:
+            raise _AttemptFailed(
+                f"response of {length} bytes is over the {limit}-byte limit", retryable=False
+            )
         try:
-            length = response.content_length
-            if length is not None:
-                if length > limit:
-                    raise _AttemptFailed(
-                        f"response of {length} bytes is over the {limit}-byte limit",
-                        retryable=False,
-                    )
-                return await response.read()
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_any():
-                size += len(chunk)
-                if size > limit:
-                    raise _AttemptFailed(
-                        f"response is over the {limit}-byte limit", retryable=False
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return await response.read(limit)
+        except ValueError as exc:
+            raise _AttemptFailed(str(exc), retryable=False) from exc
         except TimeoutError as exc:
             raise _AttemptFailed(
                 "the answer did not finish within the worker's timeout_s",
                 retryable=True,
                 timed_out=True,
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HTTPClientError as exc:
             raise _AttemptFailed(
                 f"the worker broke off its answer ({describe(exc)})", retryable=True
             ) from exc
 
-    async def _collect(self, response: aiohttp.ClientResponse, op: Operation) -> str:
+    async def _collect(self, response: Response, op: Operation) -> str:
         """Read a streamed answer to the end and join its text (for a non-streaming client)."""
         raw = await self._read(response)
         events = decoder(op.stream_format or "sse")
@@ -450,12 +437,6 @@ class Upstream:
             if text:
                 parts.append(text)
         return "".join(parts)
-
-
-@functools.lru_cache(maxsize=256)
-def _stream_timeout(timeout_s: float, connect_s: float | None) -> aiohttp.ClientTimeout:
-    # A stream may run long; what must not exceed timeout_s is each wait for data.
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect_s, sock_read=timeout_s)
 
 
 def _rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
