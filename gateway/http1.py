@@ -19,11 +19,22 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httptools
 from yarl import URL
 
 _READ_PAUSE_BYTES = 256 * 1024  # buffered and not yet consumed: stop reading the socket
+
+
+class Sink(Protocol):
+    """Where `Response.forward` hands the body: a socket, seen as a write and its backlog."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def backlog(self) -> int:
+        """Bytes written and not yet sent."""
+        ...
 
 
 class HTTPClientError(Exception):
@@ -89,6 +100,8 @@ class Response:
         "_conn",
         "_decompress",
         "_error",
+        "_sink",
+        "_stalled",
         "_waiter",
         "headers",
         "status",
@@ -107,6 +120,8 @@ class Response:
         self._decompress = (
             zlib.decompressobj(wbits=47) if encoding in ("gzip", "deflate", "x-gzip") else None
         )
+        self._sink: Sink | None = None
+        self._stalled = False
 
     @property
     def content_length(self) -> int | None:
@@ -166,6 +181,60 @@ class Response:
                 self._waiter = None
                 conn.waited()
 
+    async def forward(self, sink: "Sink") -> None:
+        """Hand the body to `sink` piece by piece, from the socket callback itself.
+
+        For relaying a stream: no task switch and no queue per piece, which halves the cost of
+        a relayed chunk (bench/streams). While the sink reports more unsent bytes than
+        `_READ_PAUSE_BYTES`, reading from the worker pauses. Returns when the body is complete;
+        raises like `chunks()` when the worker fails.
+        """
+        while self._chunks:  # what arrived before forwarding began
+            data = self._chunks.popleft()
+            self._consumed(len(data))
+            self._pass(sink, data)
+        self._sink = sink
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._complete:
+                    if self._decompress is not None:
+                        tail, self._decompress = self._decompress.flush(), None
+                        if tail:
+                            sink.write(tail)
+                    return
+                if self._stalled:
+                    await self._unstall(sink)
+                    continue
+                conn = self._conn
+                if conn is None:
+                    raise Disconnected("the response was released")
+                self._waiter = conn.loop.create_future()
+                conn.reading()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                    conn.waited()
+        finally:
+            self._sink = None
+
+    async def _unstall(self, sink: "Sink") -> None:
+        # The consumer's socket is slow: wait until it has sent most of its backlog. A socket
+        # transport tells no one when it drains, so look every 10 ms (only while stalled).
+        while sink.backlog() > _READ_PAUSE_BYTES // 2 and self._error is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        self._stalled = False
+        if self._conn is not None:
+            self._conn.resume()
+
+    def _pass(self, sink: "Sink", data: bytes) -> None:
+        if self._decompress is not None:
+            data = self._decompress.decompress(data)
+        if data:
+            sink.write(data)
+
     def release(self) -> None:
         """Give the connection back to its pool if the answer was read to its end, else close."""
         conn, self._conn = self._conn, None
@@ -181,6 +250,14 @@ class Response:
     # Called by the connection.
 
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._pass(sink, data)
+            if sink.backlog() > _READ_PAUSE_BYTES and self._conn is not None:
+                self._conn.pause()
+                self._stalled = True
+                self._wake()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _READ_PAUSE_BYTES and self._conn is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.http1 import HTTPClientError, Response
+from gateway.http1 import HTTPClientError, Response, Sink
 from gateway.router import Pool, Worker
 from templates import ExtractError, Operation, decoder
 
@@ -49,6 +49,28 @@ class Stream:
         self._rename = rename
         self._closed = False
 
+    @property
+    def untouched(self) -> bool:
+        """Whether the worker's own bytes go to the client as they are (see `forward`)."""
+        return self.passthrough and self._rename is None
+
+    async def forward(self, sink: Sink) -> None:
+        """Pass an `untouched` stream to `sink`; raise StreamBroken if the worker fails midway."""
+        try:
+            await self._response.forward(sink)
+        except (HTTPClientError, TimeoutError) as exc:
+            raise self._broken(exc) from exc
+        self.worker.stats.succeeded()
+
+    def first_piece(self) -> None:
+        """The first piece of the answer is on its way to the client (time to first token)."""
+        self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
+
+    def _broken(self, exc: HTTPClientError | TimeoutError) -> StreamBroken:
+        reason = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
+        self.worker.stats.failed(reason, self._ejection)
+        return StreamBroken(f"the worker stopped mid-answer ({reason})")
+
     async def pieces(self) -> AsyncIterator[str | bytes]:
         """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
         first = True
@@ -56,19 +78,17 @@ class Stream:
             async for piece in self._pieces():
                 if first:
                     first = False
-                    self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
+                    self.first_piece()
                 yield piece
         except ExtractError as exc:
             self.worker.stats.failed(str(exc), None)
             raise StreamBroken(f"{self.worker.label}: {exc}") from exc
         except (HTTPClientError, TimeoutError) as exc:
-            reason = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
-            self.worker.stats.failed(reason, self._ejection)
-            raise StreamBroken(f"the worker stopped mid-answer ({reason})") from exc
+            raise self._broken(exc) from exc
         self.worker.stats.succeeded()
 
     async def _pieces(self) -> AsyncIterator[str | bytes]:
-        if self.passthrough and self._rename is None:
+        if self.untouched:
             async for chunk in self._response.chunks():
                 yield chunk
         elif self._decoded:
