@@ -6,6 +6,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import Gateway, ProtocolWorkerFactory
 from tests.gateway.test_openai_api import async_client, preset_registration
@@ -154,3 +155,50 @@ async def test_streaming_template_worker_declares_its_format(
         "/api/v1/chat/completions", json={"input": "a b", "model_name": "inhouse"}
     )
     assert seed.json()["result"] == "inhouse says a b"
+
+
+async def test_a_slow_client_holds_back_a_fast_worker_and_gets_every_byte(
+    client: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    # 48 MiB of events, far more than the kernel's socket buffers on the way can hold: if the
+    # gateway kept reading the worker while the client reads nothing, the worker would finish.
+    event = b"x" * (32 * 1024 - 40)
+    count = 1536
+    finished = asyncio.Event()
+
+    async def fast(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(count):
+            await response.write(b'data: {"i":%d,"pad":"%s"}\n\n' % (i, event))
+        await response.write(b"data: [DONE]\n\n")
+        finished.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fast)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        body = {"model_name": "fast", "req_url_template": f"http://127.0.0.1:{port}/v1"}
+        assert (await register(client, {**body, "preset": "openai"})).status_code == 200
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={"model": "fast", **CHAT}
+        ) as reply:
+            await asyncio.sleep(1.0)
+            assert not finished.is_set()  # held back: the gateway stopped reading the worker
+            seen = 0
+            async for line in reply.aiter_lines():
+                if line.startswith('data: {"i"'):
+                    assert line.startswith(f'data: {{"i":{seen},')
+                    assert len(line) == len(event) + len(f'data: {{"i":{seen},"pad":""}}')
+                    seen += 1
+                elif line:
+                    assert line == "data: [DONE]"
+        assert seen == count
+        assert finished.is_set()
+    finally:
+        await runner.cleanup()
