@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -97,6 +98,10 @@ def _raise_open_file_limit() -> None:
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one gateway process until SIGINT or SIGTERM."""
     _raise_open_file_limit()
+    # Young collections every 10,000 allocations instead of 700: with 1,000 open streams the
+    # default thresholds ran full collections often enough to hold chunks back 20-50 ms; with
+    # these, chunks over 10 ms fell from ~1% to ~0.05% at the same memory (bench/streams).
+    gc.set_threshold(10_000, 20, 20)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
