@@ -15,6 +15,7 @@ Compressed answers (gzip, deflate) are decompressed, in case a template asks for
 import asyncio
 import collections
 import functools
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping
@@ -309,6 +310,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A request written in two parts (head, then a large body) must not wait for the
+            # worker's delayed ACK of the first.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self.loop.time()
