@@ -429,6 +429,9 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def _lost(self, exc: BaseException | None) -> None:
+        response = self._response
+        if exc is None and response is not None and _ends_at_close(response.headers):
+            response._finish()  # a body without a length ends where the connection does
         self._fail(Disconnected(f"the worker closed the connection{f' ({exc})' if exc else ''}"))
         self.pool.forget(self)
 
@@ -601,6 +604,12 @@ class Client:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _ends_at_close(headers: Mapping[str, str]) -> bool:
+    """Whether an answer's body is delimited by the close of the connection (HTTP/1.0 style)."""
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    return not chunked and "content-length" not in headers
 
 
 @functools.lru_cache(maxsize=1)

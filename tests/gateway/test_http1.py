@@ -209,6 +209,18 @@ async def test_a_stalled_stream_times_out_and_a_cut_body_is_a_disconnect(client:
     response.close()
 
 
+async def test_an_answer_without_a_length_ends_where_the_connection_does(client: Client) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length, then close")
+        await writer.drain()
+
+    _, url = await serve(handler)
+    response = await client.request("POST", url, JSON, b"{}")
+    assert await response.read() == b"no length, then close"
+    response.release()
+
+
 async def test_garbage_is_a_bad_response(client: Client) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
