@@ -50,16 +50,23 @@ class Stream:
         self._closed = False
 
     @property
-    def untouched(self) -> bool:
-        """Whether the worker's own bytes go to the client as they are (see `forward`)."""
-        return self.passthrough and self._rename is None
+    def relayed(self) -> bool:
+        """Whether the worker's own stream goes to the client as bytes (see `forward`)."""
+        return self.passthrough and self._decoded
 
     async def forward(self, sink: Sink) -> None:
-        """Pass an `untouched` stream to `sink`; raise StreamBroken if the worker fails midway."""
+        """Pass a `relayed` stream to `sink`, renaming the model in it if the worker serves
+        it under another name; raise StreamBroken if the worker fails midway."""
+        renaming = None
+        if self._rename is not None:
+            sink = renaming = ModelRenaming(sink, self.worker.record.served_model, self._rename)
         try:
             await self._response.forward(sink)
         except (HTTPClientError, TimeoutError) as exc:
             raise self._broken(exc) from exc
+        finally:
+            if renaming is not None:
+                renaming.flush()
         self.worker.stats.succeeded()
 
     def first_piece(self) -> None:
@@ -88,7 +95,7 @@ class Stream:
         self.worker.stats.succeeded()
 
     async def _pieces(self) -> AsyncIterator[str | bytes]:
-        if self.untouched:
+        if self.passthrough and self._rename is None:
             async for chunk in self._response.chunks():
                 yield chunk
         elif self._decoded:
@@ -136,6 +143,49 @@ class Stream:
         self._closed = True
         self._upstream.left(self._pool, self.worker)
         self._response.release()
+
+
+class ModelRenaming:
+    """A Sink that gives the model its client-facing name in each whole line of a stream.
+
+    SSE and NDJSON events are single lines of JSON. In valid JSON the bytes `"model":"x"` can
+    only be a member named model whose value is x (a quote inside a string is escaped), so a
+    byte replacement per whole line renames exactly what decoding and re-encoding would, for a
+    fraction of the cost, and leaves everything else byte for byte as the worker sent it.
+    """
+
+    __slots__ = ("_pairs", "_pending", "_sink")
+
+    def __init__(self, sink: Sink, served: str, asked: bytes) -> None:
+        self._sink = sink
+        self._pending = b""  # the start of a line whose end has not arrived yet
+        old, new = orjson.dumps(served), orjson.dumps(asked.decode())
+        self._pairs = [
+            (b'"model":' + old, b'"model":' + new),
+            (b'"model": ' + old, b'"model": ' + new),
+        ]
+
+    def write(self, data: bytes) -> None:
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            data, self._pending = data[:cut], data[cut:]
+        if data:
+            for old, new in self._pairs:
+                data = data.replace(old, new)
+            self._sink.write(data)
+
+    def backlog(self) -> int:
+        return self._sink.backlog() + len(self._pending)
+
+    def flush(self) -> None:
+        """Write what is left of a last line that never ended."""
+        data, self._pending = self._pending, b""
+        for old, new in self._pairs:
+            data = data.replace(old, new)
+        if data:
+            self._sink.write(data)
 
 
 def _reframe(fmt: str, payload: bytes) -> bytes:

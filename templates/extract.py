@@ -7,6 +7,7 @@ wildcards, slices) goes through jsonpath-ng. An empty path means the raw respons
 """
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,10 @@ class Extractor:
             return _walk(doc, self.steps, self.path)
         if self.expr is None:
             return doc
-        matches = self.expr.find(doc)
+        try:
+            matches = self.expr.find(doc)
+        except NotImplementedError as exc:  # an operator jsonpath-ng cannot run on this doc
+            raise ExtractError(f"cannot evaluate {self.path!r} on the worker response") from exc
         if not matches:
             raise ExtractError(f"worker response has no value at {self.path!r}")
         return matches[0].value
@@ -98,9 +102,20 @@ def compile_extract(path: str) -> Extractor:
             "or a JSONPath such as $.choices[0].message.content"
         )
     try:
-        expr = jsonpath_parse(path)
+        with warnings.catch_warnings():
+            # jsonpath-ng 1.8+ warns that `|` (union) goes away in 2.0; it works in 1.x, which
+            # is what the project allows, and a registration must not fail on a warning.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            expr = jsonpath_parse(path)
     except (JsonPathLexerError, JsonPathParserError) as exc:
         raise TemplateError(f"response_extract {path!r} is not valid JSONPath: {exc}") from exc
+    try:
+        expr.find({})
+    except NotImplementedError:  # jsonpath-ng parses `a & b` (intersection) but cannot run it
+        raise TemplateError(
+            f"response_extract {path!r} uses a JSONPath operator this gateway cannot evaluate "
+            "(such as &); use a plain path like $.choices[0].message.content"
+        ) from None
     return Extractor(path, None, expr)
 
 

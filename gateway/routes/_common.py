@@ -145,7 +145,7 @@ async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web
     )
     note_worker(request, stream.worker.label, tries=stream.tries)
     transport = request.transport
-    direct = stream.untouched and transport is not None and request.version >= (1, 1)
+    direct = stream.relayed and transport is not None and request.version >= (1, 1)
     if direct:
         response.enable_chunked_encoding()
     try:

@@ -8,6 +8,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from gateway.stream import ModelRenaming
 from tests.conftest import Gateway, ProtocolWorkerFactory
 from tests.gateway.test_openai_api import async_client, preset_registration
 from tests.gateway.test_seed_api import register
@@ -202,3 +203,34 @@ async def test_a_slow_client_holds_back_a_fast_worker_and_gets_every_byte(
         assert finished.is_set()
     finally:
         await runner.cleanup()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.out = b""
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def backlog(self) -> int:
+        return 0
+
+
+def test_the_model_is_renamed_in_whole_lines_however_the_bytes_are_cut() -> None:
+    stream = (
+        b'data: {"id":"1","model":"Qwen/Qwen3-4B","choices":[{"delta":{"content":'
+        b'"the \\"model\\":\\"Qwen/Qwen3-4B\\" text stays"}}]}\n\n'
+        b'data: {"id":"2", "model": "Qwen/Qwen3-4B"}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    expected = stream.replace(b'"model":"Qwen/Qwen3-4B"', b'"model":"qwen"').replace(
+        b'"model": "Qwen/Qwen3-4B"', b'"model": "qwen"'
+    )
+    assert expected.count(b'"model":"qwen"') == 1  # the escaped one in the text is left alone
+    for size in (1, 3, 7, 64, len(stream)):
+        sink = Collect()
+        renaming = ModelRenaming(sink, "Qwen/Qwen3-4B", b"qwen")
+        for start in range(0, len(stream), size):
+            renaming.write(stream[start : start + size])
+        renaming.flush()
+        assert sink.out == expected, size
