@@ -205,7 +205,7 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    # Worker calls go through the lean client of gateway/http1.py; health probes (a GET now
+    # Worker calls go through the lean client of gateway/http1/; health probes (a GET now
     # and then) through an aiohttp session.
     client = Client(
         limit=settings.upstream_max_connections,

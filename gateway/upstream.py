@@ -108,7 +108,7 @@ class _AttemptFailed(Exception):
 
 
 class Upstream:
-    """Sends requests to workers over one bounded, keep-alive HTTP client (gateway/http1.py)."""
+    """Sends requests to workers over one bounded, keep-alive HTTP client (gateway/http1/)."""
 
     def __init__(
         self,
