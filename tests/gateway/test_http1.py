@@ -7,7 +7,11 @@ on purpose rather than hoped for.
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +280,42 @@ async def test_an_unread_answer_closes_its_connection_and_limits_queue_requests(
         assert server.connections == 2
     finally:
         await http.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"]
+    names = ["/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([openssl, *request, *names, *files], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_workers_are_verified(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        writer.write(answer(b"over tls: " + request.split(b" ")[1]))
+        await writer.drain()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    trusting = Client(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    default = Client()  # the system's CAs: this certificate is not among them
+    try:
+        response = await trusting.request("POST", f"https://localhost:{port}/v1/x", JSON, b"{}")
+        assert await response.read() == b"over tls: /v1/x"
+        response.release()
+        with pytest.raises(ConnectFailed, match="certificate"):
+            await default.request("POST", f"https://localhost:{port}/v1/x", JSON, b"{}")
+    finally:
+        await trusting.close()
+        await default.close()
+        server.close()
