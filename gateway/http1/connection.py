@@ -50,6 +50,12 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self._head is None and self._response is None:
+            # Bytes on an idle keep-alive connection (a 408 before the worker hangs up, say)
+            # would be read as the answer to the next request: the connection is spent.
+            self.close()
+            self.pool.forget(self)
+            return
         self._last_data = self.loop.time()
         try:
             self.parser.feed_data(data)

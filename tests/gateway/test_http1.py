@@ -319,3 +319,28 @@ async def test_https_workers_are_verified(tls_files: tuple[Path, Path]) -> None:
         await trusting.close()
         await default.close()
         server.close()
+
+
+async def test_bytes_on_an_idle_connection_are_not_taken_for_the_next_answer(
+    client: Client,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(answer(b"unasked"))  # nobody asked: must not answer the next request
+        await writer.drain()
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"late"))
+
+    server, url = await serve(handler)
+    response = await client.request("POST", url, JSON, b"{}")
+    assert await response.read() == b"first"
+    response.release()
+    await asyncio.sleep(0.2)
+    response = await client.request("POST", url, JSON, b"{}")
+    assert await response.read() == b"first"  # from a new connection
+    response.release()
+    assert server.connections == 2
