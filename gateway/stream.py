@@ -145,6 +145,9 @@ class Stream:
         self._response.release()
 
 
+_MAX_PENDING_BYTES = 1024 * 1024  # a longer unfinished line is passed on, renamed as far as it goes
+
+
 class ModelRenaming:
     """A Sink that gives the model its client-facing name in each whole line of a stream.
 
@@ -169,7 +172,7 @@ class ModelRenaming:
         if self._pending:
             data, self._pending = self._pending + data, b""
         cut = data.rfind(b"\n") + 1
-        if cut < len(data):
+        if cut < len(data) and len(data) - cut <= _MAX_PENDING_BYTES:
             data, self._pending = data[:cut], data[cut:]
         if data:
             for old, new in self._pairs:
@@ -177,7 +180,9 @@ class ModelRenaming:
             self._sink.write(data)
 
     def backlog(self) -> int:
-        return self._sink.backlog() + len(self._pending)
+        # Not counting `_pending`: it only shrinks when more is read, and a backlog that
+        # pauses reading must be one that sending can clear.
+        return self._sink.backlog()
 
     def flush(self) -> None:
         """Write what is left of a last line that never ended."""

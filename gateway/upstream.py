@@ -172,8 +172,8 @@ class Upstream:
                 finally:
                     response.release()
             except asyncio.CancelledError:
-                if not deadlines.expired(task):
-                    raise  # the client went away, or the gateway is stopping
+                if not deadlines.expired(task) or task.cancelling() > 1:
+                    raise  # the client went away, or the gateway is stopping (maybe as well)
                 raise _AttemptFailed(
                     f"no answer within {timeout_s:g}s", retryable=True, timed_out=True
                 ) from None
@@ -202,7 +202,8 @@ class Upstream:
 
         async def attempt(worker: Worker, timeout_s: float) -> Stream:
             op, passthrough, streamed, request = self._request(worker, call)
-            response = await self._send(worker, request, streamed, passthrough, timeout_s)
+            # Read-timed even when the worker answers whole: nothing else bounds a stream.
+            response = await self._send(worker, request, True, passthrough, timeout_s)
             rename = None
             if passthrough and worker.record.upstream_model and call.body is not None:
                 rename = str(call.body.get("model", "")).encode()
@@ -348,7 +349,7 @@ class Upstream:
         self,
         worker: Worker,
         request: RenderedRequest,
-        streaming: bool,
+        read_timed: bool,
         passthrough: bool,
         timeout_s: float,
     ) -> Response:
@@ -360,7 +361,7 @@ class Upstream:
                 request.body,
                 # A stream may run long: what must not exceed timeout_s is each wait for data.
                 # A whole answer has one deadline for the exchange, kept by the caller.
-                read_timeout_s=timeout_s if streaming else None,
+                read_timeout_s=timeout_s if read_timed else None,
             )
         except TimeoutError as exc:
             raise _AttemptFailed(

@@ -46,6 +46,9 @@ def parse_url(url: str) -> Origin:
     return Origin(parsed.scheme, host, port, header, parsed.raw_path_qs or "/")
 
 
+Waiters = collections.deque[asyncio.Future[None]]
+
+
 @dataclass(eq=False)
 class Pool:
     """The connections to one origin: idle ones to reuse, and a cap on how many are open."""
@@ -54,12 +57,13 @@ class Pool:
     origin: Origin
     idle: list[Connection] = field(default_factory=list)
     open: int = 0
+    waiters: Waiters = field(default_factory=collections.deque)  # held back by the per-host cap
 
     def put_back(self, conn: Connection) -> None:
         conn.reused = True
         conn.idle_since = conn.loop.time()
         self.idle.append(conn)
-        self.client.slot_freed()
+        self.client.idled(self, conn)
 
     def forget(self, conn: Connection) -> None:
         """`conn` is closed: drop it, and free its place (once)."""
@@ -68,12 +72,18 @@ class Pool:
         if conn.counted:
             conn.counted = False
             self.open -= 1
-            self.client.connections.discard(conn)
-            self.client.closed_one()
+            self.client.closed(self, conn)
 
 
 class Client:
-    """Pooled keep-alive HTTP/1.1 connections to workers, bounded in total and per worker."""
+    """Pooled keep-alive HTTP/1.1 connections to workers, bounded in total and per worker.
+
+    A request that finds no idle connection and no room waits in a queue: its pool's when the
+    per-worker cap holds it back, the client's when the total cap does (an idle connection to
+    another worker is closed to make room first). Each freed place wakes one waiter; a waiter
+    that cannot use it, or is cancelled after being woken, passes the wake-up on, so none is
+    lost. The wait is bounded by the connect timeout.
+    """
 
     def __init__(
         self,
@@ -92,7 +102,8 @@ class Client:
         self._pools: dict[tuple[str, str, int], Pool] = {}
         self._open = 0
         self.connections: set[Connection] = set()  # every open one, idle or busy
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._idle: dict[Connection, None] = {}  # every idle one, oldest first
+        self._waiters: Waiters = collections.deque()  # held back by the total cap
         self._closed = False
 
     async def request(
@@ -106,32 +117,31 @@ class Client:
     ) -> Response:
         """Send one request; return once the answer's head has arrived.
 
-        A reused keep-alive connection that the worker closed meanwhile fails before any byte
-        of answer: the request is then sent once more on a new connection.
+        A reused keep-alive connection that the worker had closed fails before any byte of
+        answer: the request is then sent once more, on a new connection.
         """
         origin = parse_url(url)
         head = _request_head(method, origin, headers, None if body is None else len(body))
         body = body or b""
         payload = head + body if len(body) < 65536 else None
-        for _ in range(2):
-            conn = await self._acquire(origin)
+        fresh = False
+        while True:
+            conn = await self._acquire(origin, fresh=fresh)
             try:
                 if payload is None:
                     assert conn.transport is not None
                     conn.transport.write(head)
-                    response = await conn.exchange(body, read_timeout_s)
-                else:
-                    response = await conn.exchange(payload, read_timeout_s)
+                    return await conn.exchange(body, read_timeout_s)
+                return await conn.exchange(payload, read_timeout_s)
             except Disconnected:
                 conn.done(reusable=False)
-                if conn.reused:
-                    continue  # a stale keep-alive connection: once more on a fresh one
+                if conn.reused and not conn.received and not fresh:
+                    fresh = True  # a stale keep-alive connection: once more on a new one
+                    continue
                 raise
             except BaseException:
                 conn.done(reusable=False)
                 raise
-            return response
-        raise Disconnected("the worker closed two connections in a row before answering")
 
     async def close(self) -> None:
         """Close every connection; later requests fail."""
@@ -139,32 +149,75 @@ class Client:
         for conn in list(self.connections):
             conn.close()
             conn.pool.forget(conn)
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectFailed("the client is closed"))
+        queues = [self._waiters, *(pool.waiters for pool in self._pools.values())]
+        for queue in queues:
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_exception(ConnectFailed("the client is closed"))
+            queue.clear()
 
-    async def _acquire(self, origin: Origin) -> Connection:
-        if self._closed:
-            raise ConnectFailed("the client is closed")
+    async def _acquire(self, origin: Origin, *, fresh: bool) -> Connection:
         pool = self._pools.get(origin.key)
         if pool is None:
             pool = self._pools[origin.key] = Pool(self, origin)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout_s
+        woken_from: Waiters | None = None
         while True:
-            now = loop.time()
-            while pool.idle:
-                conn = pool.idle.pop()
-                if conn.transport is not None and now - conn.idle_since < self._keepalive_s:
-                    return conn
-                conn.close()
-                pool.forget(conn)
-            if self._open < self._limit and (
-                not self._limit_per_host or pool.open < self._limit_per_host
-            ):
+            if self._closed:
+                raise ConnectFailed("the client is closed")
+            conn = None if fresh else self._reuse(pool, loop.time())
+            if conn is not None:
+                return conn
+            if self._limit_per_host and pool.open >= self._limit_per_host:
+                queue = None if fresh and self._evict(pool) else pool.waiters
+            else:
+                queue = None
+            if queue is None and self._open >= self._limit and not self._evict(None):
+                queue = self._waiters
+            if queue is None:
                 return await self._connect(pool, loop)
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
+            if woken_from is not None and woken_from is not queue:
+                # Woken for a place the other cap keeps this request from using: the next
+                # waiter of that queue may be able to.
+                _wake(woken_from)
+            await self._wait(queue, deadline, loop)
+            woken_from = queue
+
+    def _reuse(self, pool: Pool, now: float) -> Connection | None:
+        while pool.idle:
+            conn = pool.idle.pop()
+            self._idle.pop(conn, None)
+            if conn.transport is not None and now - conn.idle_since < self._keepalive_s:
+                return conn
+            conn.close()
+            pool.forget(conn)
+        return None
+
+    def _evict(self, pool: Pool | None) -> bool:
+        """Close the oldest idle connection (of `pool`, or of any); return whether one was."""
+        candidates = pool.idle[:1] if pool is not None else list(self._idle)[:1]
+        for conn in candidates:
+            conn.close()
+            conn.pool.forget(conn)
+            return True
+        return False
+
+    async def _wait(self, queue: Waiters, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        waiter = loop.create_future()
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            raise ConnectFailed(
+                f"no free connection to the worker within {self._connect_timeout_s:g}s "
+                "(upstream_max_connections or upstream_max_connections_per_worker reached)"
+            ) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                _wake(queue)  # woken, then cancelled: the wake-up goes to the next one
+            raise
 
     async def _connect(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> Connection:
         origin = pool.origin
@@ -191,22 +244,40 @@ class Client:
         except BaseException:
             self._connect_failed(pool, conn)
             raise
+        if self._closed:  # closed while connecting
+            self._connect_failed(pool, conn)
+            raise ConnectFailed("the client is closed")
         return conn
 
     def _connect_failed(self, pool: Pool, conn: Connection) -> None:
         conn.close()
         pool.forget(conn)
 
-    def closed_one(self) -> None:
-        self._open -= 1
-        self.slot_freed()
+    # Called by the pools.
 
-    def slot_freed(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def idled(self, pool: Pool, conn: Connection) -> None:
+        """`conn` is idle: a request for its worker can take it, or another can close it."""
+        self._idle[conn] = None
+        _wake(pool.waiters) or _wake(self._waiters)
+
+    def closed(self, pool: Pool, conn: Connection) -> None:
+        """`conn` is closed: one place more in its pool and in the total."""
+        self._open -= 1
+        self.connections.discard(conn)
+        self._idle.pop(conn, None)
+        if not self._closed:
+            _wake(pool.waiters)
+            _wake(self._waiters)
+
+
+def _wake(queue: Waiters) -> bool:
+    """Wake the first waiter still waiting; return whether there was one."""
+    while queue:
+        waiter = queue.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,6 +28,8 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.reused = False
         self.counted = True  # in its pool's count of open connections
+        self.received = False  # any byte of answer to the current request
+        self._spent = False  # the answer was framed oddly: not to be reused
         self.idle_since = 0.0
         self._headers: dict[str, str] = {}
         self._head: asyncio.Future[Response] | None = None
@@ -56,6 +58,7 @@ class Connection(asyncio.Protocol):
             self.close()
             self.pool.forget(self)
             return
+        self.received = True
         self._last_data = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -76,12 +79,19 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = {}
+        if self._head is None:
+            # A second answer to one request: whatever it is, the connection cannot be trusted
+            # to frame the next exchange.
+            self._spent = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        response = Response(self, self.parser.get_status_code(), self._headers)
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        response = Response(self, status, self._headers)
         self._response = response
         self._keep_alive = self.parser.should_keep_alive()
         head, self._head = self._head, None
@@ -104,6 +114,7 @@ class Connection(asyncio.Protocol):
         self._read_timeout_s = read_timeout_s
         self._head = self.loop.create_future()
         self._response = None
+        self.received = False
         self.transport.write(request)
         self.reading()
         try:
@@ -152,7 +163,8 @@ class Connection(asyncio.Protocol):
             self._timer = None
         self._response = None
         self._read_timeout_s = None
-        if reusable and self._keep_alive and self.transport is not None and not self._paused:
+        spent = self._spent or self._paused or not self._keep_alive
+        if reusable and not spent and self.transport is not None:
             self.pool.put_back(self)
         else:
             self.close()

@@ -109,7 +109,7 @@ class Response:
                 data = self._chunks.popleft()
                 self._consumed(len(data))
                 if self._decompress is not None:
-                    data = self._decompress.decompress(data)
+                    data = self._inflate(data)
                     if not data:
                         continue
                 yield data
@@ -118,7 +118,7 @@ class Response:
                 raise self._error
             if self._complete:
                 if self._decompress is not None:
-                    tail, self._decompress = self._decompress.flush(), None
+                    tail = self._inflate(b"", last=True)
                     if tail:
                         yield tail
                 return
@@ -152,7 +152,7 @@ class Response:
                     raise self._error
                 if self._complete:
                     if self._decompress is not None:
-                        tail, self._decompress = self._decompress.flush(), None
+                        tail = self._inflate(b"", last=True)
                         if tail:
                             sink.write(tail)
                     return
@@ -183,9 +183,27 @@ class Response:
 
     def _pass(self, sink: "Sink", data: bytes) -> None:
         if self._decompress is not None:
-            data = self._decompress.decompress(data)
+            try:
+                data = self._inflate(data)
+            except BadResponse as exc:
+                self.fail(exc)
+                return
         if data:
             sink.write(data)
+
+    def _inflate(self, data: bytes, *, last: bool = False) -> bytes:
+        decompress = self._decompress
+        assert decompress is not None
+        try:
+            if last:
+                self._decompress = None
+                return decompress.flush()
+            return decompress.decompress(data)
+        except zlib.error as exc:
+            encoding = self.headers.get("content-encoding")
+            raise BadResponse(
+                f"the worker's {encoding} answer does not decompress ({exc})"
+            ) from exc
 
     def release(self) -> None:
         """Give the connection back to its pool if the answer was read to its end, else close."""

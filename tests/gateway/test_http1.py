@@ -344,3 +344,104 @@ async def test_bytes_on_an_idle_connection_are_not_taken_for_the_next_answer(
     assert await response.read() == b"first"  # from a new connection
     response.release()
     assert server.connections == 2
+
+
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(answer(b"ok"))
+        await writer.drain()
+
+
+async def test_a_waiter_cancelled_after_its_wake_up_passes_it_on() -> None:
+    http = Client(limit=1, connect_timeout_s=2.0)
+    _, url = await serve(keep_answering)
+    try:
+        first = await http.request("POST", url, JSON, b"{}")
+        second = asyncio.create_task(http.request("POST", url, JSON, b"{}"))
+        third = asyncio.create_task(http.request("POST", url, JSON, b"{}"))
+        await asyncio.sleep(0.05)
+        assert await first.read() == b"ok"
+        first.release()  # wakes the second request...
+        second.cancel()  # ...whose client goes away in the same tick
+        response = await asyncio.wait_for(third, 1.5)
+        assert await response.read() == b"ok"
+        response.release()
+    finally:
+        await http.close()
+
+
+async def test_the_per_worker_cap_wakes_a_waiter_of_the_same_worker() -> None:
+    http = Client(limit_per_host=1, connect_timeout_s=2.0)
+    _, url_x = await serve(keep_answering)
+    _, url_y = await serve(keep_answering)
+    try:
+        held_x = await http.request("POST", url_x, JSON, b"{}")
+        held_y = await http.request("POST", url_y, JSON, b"{}")
+        waiting_x = asyncio.create_task(http.request("POST", url_x, JSON, b"{}"))
+        await asyncio.sleep(0.01)
+        waiting_y = asyncio.create_task(http.request("POST", url_y, JSON, b"{}"))
+        await asyncio.sleep(0.05)
+        assert await held_y.read() == b"ok"
+        held_y.release()
+        response = await asyncio.wait_for(waiting_y, 1.5)
+        assert await response.read() == b"ok"
+        response.release()
+        assert not waiting_x.done()  # x's only connection is still taken
+        held_x.close()
+        (await asyncio.wait_for(waiting_x, 1.5)).close()
+    finally:
+        await http.close()
+
+
+async def test_a_full_pool_fails_after_the_connect_timeout_not_never() -> None:
+    http = Client(limit=1, connect_timeout_s=0.3)
+    _, url = await serve(keep_answering)
+    try:
+        held = await http.request("POST", url, JSON, b"{}")
+        with pytest.raises(ConnectFailed, match="no free connection"):
+            await http.request("POST", url, JSON, b"{}")
+        held.close()
+    finally:
+        await http.close()
+
+
+async def test_interim_answers_are_skipped_and_odd_framing_spends_the_connection(
+    client: Client,
+) -> None:
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while True:
+            await read_request(reader)
+            answered += 1
+            if answered == 1:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + answer(b"real"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")  # nobody asked
+            else:
+                writer.write(answer(b"good"))
+            await writer.drain()
+
+    server, url = await serve(handler)
+    response = await client.request("POST", url, JSON, b"{}")
+    assert (response.status, await response.read()) == (200, b"real")
+    response.release()
+    response = await client.request("POST", url, JSON, b"{}")
+    assert await response.read() == b"good"
+    response.release()
+    assert server.connections == 2
+
+
+async def test_an_answer_that_does_not_decompress_is_a_bad_response(client: Client) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"not gzip at all", extra=b"Content-Encoding: gzip\r\n"))
+        await writer.drain()
+        await reader.read()
+
+    _, url = await serve(handler)
+    response = await client.request("POST", url, JSON, b"{}")
+    with pytest.raises(BadResponse, match="does not decompress"):
+        await response.read()
+    response.close()

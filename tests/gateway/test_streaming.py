@@ -234,3 +234,13 @@ def test_the_model_is_renamed_in_whole_lines_however_the_bytes_are_cut() -> None
             renaming.write(stream[start : start + size])
         renaming.flush()
         assert sink.out == expected, size
+
+
+def test_a_long_unfinished_line_never_counts_as_backlog() -> None:
+    sink = Collect()
+    renaming = ModelRenaming(sink, "Qwen/Qwen3-4B", b"qwen")
+    renaming.write(b'data: {"model":"Qwen/Qwen3-4B","x":"' + b"y" * 300_000)
+    assert renaming.backlog() == 0  # held back waiting for its newline, not for the socket
+    renaming.write(b'"}\n\n')
+    assert sink.out.startswith(b'data: {"model":"qwen","x":"yyy')
+    assert sink.out.endswith(b'"}\n\n')
