@@ -95,8 +95,8 @@ class Stream:
         self.worker.stats.succeeded()
 
     async def _pieces(self) -> AsyncIterator[str | bytes]:
-        if self.passthrough and self._rename is None:
-            async for chunk in self._response.chunks():
+        if self.passthrough:
+            async for chunk in self._own_bytes():
                 yield chunk
         elif self._decoded:
             async for piece in self._decode():
@@ -115,9 +115,6 @@ class Stream:
                 if payload == b"[DONE]":
                     done = True
                     break
-                if self.passthrough:
-                    yield _reframe(fmt, self._renamed(payload))
-                    continue
                 doc = loads_chunk(payload)
                 if isinstance(doc, dict) and doc.get("error"):
                     raise ExtractError(f"the worker reported an error: {error_text(doc)}")
@@ -126,15 +123,22 @@ class Stream:
                     yield text
             if done:
                 break
-        if self.passthrough and done:
-            yield b"data: [DONE]\n\n"
 
-    def _renamed(self, payload: bytes) -> bytes:
-        doc = loads_chunk(payload)
-        if isinstance(doc, dict) and "model" in doc and self._rename is not None:
-            doc["model"] = self._rename.decode()
-            return orjson.dumps(doc)
-        return payload
+    async def _own_bytes(self) -> AsyncIterator[bytes]:
+        """The worker's own stream, renamed like `forward` does (for clients it cannot serve)."""
+        if self._rename is None:
+            async for chunk in self._response.chunks():
+                yield chunk
+            return
+        out = _Collected()
+        renaming = ModelRenaming(out, self.worker.record.served_model, self._rename)
+        async for chunk in self._response.chunks():
+            renaming.write(chunk)
+            if out.parts:
+                yield out.take()
+        renaming.flush()
+        if out.parts:
+            yield out.take()
 
     async def aclose(self) -> None:
         """Release the worker's connection (closed if the answer was not read to its end)."""
@@ -193,8 +197,23 @@ class ModelRenaming:
             self._sink.write(data)
 
 
-def _reframe(fmt: str, payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n" if fmt == "sse" else payload + b"\n"
+class _Collected:
+    """A Sink that keeps what is written, for an async generator to hand on."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def backlog(self) -> int:
+        return 0
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
 
 
 def loads_chunk(payload: bytes) -> Any:

@@ -117,21 +117,11 @@ class Response:
             if self._error is not None:
                 raise self._error
             if self._complete:
-                if self._decompress is not None:
-                    tail = self._inflate(b"", last=True)
-                    if tail:
-                        yield tail
+                tail = self._tail()
+                if tail:
+                    yield tail
                 return
-            conn = self._conn
-            if conn is None:
-                raise Disconnected("the response was released")
-            self._waiter = conn.loop.create_future()
-            conn.reading()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-                conn.waited()
+            await self._more()
 
     async def forward(self, sink: "Sink") -> None:
         """Hand the body to `sink` piece by piece, from the socket callback itself.
@@ -151,26 +141,33 @@ class Response:
                 if self._error is not None:
                     raise self._error
                 if self._complete:
-                    if self._decompress is not None:
-                        tail = self._inflate(b"", last=True)
-                        if tail:
-                            sink.write(tail)
+                    tail = self._tail()
+                    if tail:
+                        sink.write(tail)
                     return
                 if self._stalled:
                     await self._unstall(sink)
                     continue
-                conn = self._conn
-                if conn is None:
-                    raise Disconnected("the response was released")
-                self._waiter = conn.loop.create_future()
-                conn.reading()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-                    conn.waited()
+                await self._more()
         finally:
             self._sink = None
+
+    async def _more(self) -> None:
+        """Wait until the connection has more for this answer (or fails, or completes)."""
+        conn = self._conn
+        if conn is None:
+            raise Disconnected("the response was released")
+        self._waiter = conn.loop.create_future()
+        conn.reading()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            conn.waited()
+
+    def _tail(self) -> bytes:
+        """What a decompressor still holds once the body is complete."""
+        return self._inflate(b"", last=True) if self._decompress is not None else b""
 
     async def _unstall(self, sink: "Sink") -> None:
         # The consumer's socket is slow: wait until it has sent most of its backlog. A socket
