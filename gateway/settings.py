@@ -82,6 +82,12 @@ class Settings(BaseModel):
     reap_interval_s: Annotated[float, Field(gt=0)] = 0.5
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # What else a worker may send (docs/operations.md, "Limits on what workers send").
+    max_response_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+    max_response_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+    max_stream_line_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    stream_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    extract_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     default_temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
 
     registry_check_interval_s: Annotated[float, Field(gt=0)] = 5.0
@@ -101,6 +107,10 @@ class Settings(BaseModel):
     api_key_cache_size: Annotated[int, Field(ge=1)] = 10_000
     api_key_lease_s: Annotated[float, Field(gt=0)] = 900.0
     worker_allowlist: tuple[str, ...] = ()
+    # Browser-borne requests (docs/operations.md): origins allowed to change state, and the
+    # Host names accepted besides loopback ones when the gateway is open and bound to loopback.
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
     # Limits on what clients send (aiohttp's HTTP parser; body size is max_request_bytes).
     max_request_line_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8190
@@ -125,7 +135,7 @@ class Settings(BaseModel):
                 return 1.0
         return value
 
-    @field_validator("worker_allowlist", mode="before")
+    @field_validator("worker_allowlist", "allowed_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """Accept a comma-separated string (an env var) as well as a list."""
