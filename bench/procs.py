@@ -93,7 +93,15 @@ class Processes:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = _REPO,
+    ) -> Child:
+        """Start `cmd` in `cwd` (`python -m` imports from there first), its output to the log."""
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
@@ -102,7 +110,7 @@ class Processes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=_REPO,
+                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )

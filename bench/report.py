@@ -36,7 +36,7 @@ class Row:
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.connections}"
+        return f"{self.name} at {self.connections}"
 
     def median(self, metric: str) -> float:
         values = [_metric(sample, metric) for sample in self.samples]
@@ -122,8 +122,7 @@ def legend(rows: list[Row]) -> str:
 
 def versus(rows: list[Row], ours: str, theirs: str, connections: int) -> dict[str, float] | None:
     """Return `ours` over `theirs` in req/s, and `theirs` over `ours` in CPU per request."""
-    by_key = {row.key: row for row in rows}
-    mine, peer = by_key.get(f"{ours}@{connections}"), by_key.get(f"{theirs}@{connections}")
+    mine, peer = _find(rows, ours, connections), _find(rows, theirs, connections)
     if mine is None or peer is None:
         return None
     rps, cpu = mine.median("rps"), mine.median("cpu_us_per_req")
@@ -131,6 +130,47 @@ def versus(rows: list[Row], ours: str, theirs: str, connections: int) -> dict[st
     if not (rps and cpu and peer_rps and peer_cpu):
         return None
     return {"rps_x": round(rps / peer_rps, 1), "cpu_per_req_x_less": round(peer_cpu / cpu, 1)}
+
+
+def against_baseline(
+    rows: list[Row], current: str, baseline: str, connections: int
+) -> dict[str, Any] | None:
+    """Return the medians of `current` and `baseline` at `connections`, and current / baseline."""
+    now, before = _find(rows, current, connections), _find(rows, baseline, connections)
+    if now is None or before is None:
+        return None
+    rps, cpu = now.median("rps"), now.median("cpu_us_per_req")
+    rps_before, cpu_before = before.median("rps"), before.median("cpu_us_per_req")
+    return {
+        "row": current,
+        "baseline_row": baseline,
+        "connections": connections,
+        "rps": round(rps, 1),
+        "baseline_rps": round(rps_before, 1),
+        "rps_ratio": round(rps / rps_before, 3) if rps_before else None,
+        "cpu_us_per_req": round(cpu, 1),
+        "baseline_cpu_us_per_req": round(cpu_before, 1),
+        "cpu_us_per_req_ratio": round(cpu / cpu_before, 3) if cpu_before else None,
+    }
+
+
+def _find(rows: list[Row], name: str, connections: int) -> Row | None:
+    return next((r for r in rows if r.name == name and r.connections == connections), None)
+
+
+def pair_line(pair: dict[str, Any], width: int) -> str:
+    """Render one current/baseline pair: req/s and CPU per request, and their ratios."""
+    label = f"{pair['row']} at {pair['connections']}"
+    rps_x, cpu_x = pair["rps_ratio"], pair["cpu_us_per_req_ratio"]
+    return (
+        f"  {label:<{width}} req/s {pair['rps']:.0f} vs {pair['baseline_rps']:.0f} = "
+        f"{_ratio(rps_x)}   CPU us/req {pair['cpu_us_per_req']:.0f} vs "
+        f"{pair['baseline_cpu_us_per_req']:.0f} = {_ratio(cpu_x)}"
+    )
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}x ({100 * (value - 1):+.1f}%)"
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -4,12 +4,15 @@
 route and on its OpenAI route. `gateway-xN` is `serve --processes N`: N processes need every
 core, so it runs unpinned. `litellm` is the optional peer of bench/streams/peer.py, pinned to
 the server CPU like the gateway, skipped with the install command when it is missing.
+With `--baseline REF`, `gateway@REF` and `gateway-openai@REF` are the same two rows served by
+REF's gateway (bench/baseline.py), on the same CPU, each measured right after its current row.
 """
 
 import dataclasses
 from dataclasses import dataclass
 
 from bench import stack
+from bench.baseline import Baseline, start_gateways
 from bench.procs import BenchError, Processes
 from bench.stack import Target
 from bench.streams import peer
@@ -18,6 +21,7 @@ ROWS = ("direct", "bare", "gateway", "gateway-openai", "gateway-xN", "litellm")
 LATENCY_ROWS = frozenset({"direct", "bare", "gateway", "gateway-openai"})  # also at 1 connection
 VERSUS = ("gateway-openai", "gateway")  # one process each, held against LiteLLM's one worker
 _GATEWAY_ROWS = frozenset({"gateway", "gateway-openai", "gateway-xN"})
+BASELINE_ROWS = ("gateway", "gateway-openai")  # the rows a --baseline run measures twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,13 @@ class Plan:
     processes: int
     load_cpu: int | None
     server_cpu: int | None
+    baseline: Baseline | None = None
+    baseline_redis_url: str = ""  # the baseline gateway's own Redis
+
+
+def measured_at_one(row: str) -> bool:
+    """Return True when `row` (a baseline row too) is also measured at 1 connection."""
+    return row.partition("@")[0] in LATENCY_ROWS
 
 
 def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Target], str]:
@@ -43,7 +54,13 @@ def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Targe
         litellm = _start_litellm(procs, direct, plan.server_cpu)
         if litellm is not None:
             started["litellm"] = litellm
-    return {row: started[row] for row in ROWS if row in plan.rows and row in started}, upstream_kind
+    ordered: dict[str, Target] = {}
+    for row in ROWS:
+        if row in plan.rows and row in started:
+            ordered[row] = started[row]
+        if plan.baseline is not None and row in plan.rows and row in BASELINE_ROWS:
+            ordered[plan.baseline.row(row)] = started[plan.baseline.row(row)]
+    return ordered, upstream_kind
 
 
 def _start_gateways(
@@ -56,6 +73,11 @@ def _start_gateways(
     stack.check_gateway(gateway)
     stack.check_openai(openai)
     started = {"gateway": gateway, "gateway-openai": openai}
+    if plan.baseline is not None:
+        before = start_gateways(
+            procs, plan.baseline, plan.baseline_redis_url, direct, plan.server_cpu
+        )
+        started.update({plan.baseline.row(row): target for row, target in before.items()})
     if "gateway-xN" in plan.rows:
         # Started after the registration, each of its processes loads both workers before it
         # listens, instead of learning about them from a change event while being measured.

@@ -3,6 +3,7 @@
 CPU 0 runs the load generator and the upstream, CPU 1 the server under test (bare proxy,
 gateway or LiteLLM), so the server being measured never competes with the load for its core.
 The N-process gateway is the exception: it needs every core, so it runs unpinned.
+With `--baseline REF`, REF's gateway runs on the server CPU too, measured in the same rounds.
 """
 
 import argparse
@@ -16,11 +17,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench import baseline as bench_baseline
 from bench import rows as bench_rows
+from bench.baseline import Baseline
 from bench.drivers import Driver, choose_driver
 from bench.procs import BenchError, Processes, pinning_available
 from bench.profiling import ProfileSetup, profile_gateway
-from bench.report import Row, Sample, floor_rps, legend, table, versus, write_json
+from bench.report import (
+    Row,
+    Sample,
+    against_baseline,
+    floor_rps,
+    legend,
+    pair_line,
+    table,
+    versus,
+    write_json,
+)
 from bench.session import run_session
 from bench.stack import REPO, Target, shown
 from bench.streams import peer
@@ -51,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated rows to measure, of {','.join(bench_rows.ROWS)} (default: all)",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the gateway and gateway-openai rows served by the gateway of git "
+        "commit REF (e.g. main~3), in the same run, and print current/baseline ratios",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=max(2, len(os.sched_getaffinity(0))),
@@ -67,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--only takes a subset of {','.join(bench_rows.ROWS)}")
     if not 2 <= args.processes <= 64:
         parser.error("--processes must be 2..64")
+    if args.baseline is not None:
+        if not args.baseline.strip() or args.baseline.startswith("-"):
+            parser.error("--baseline takes a git ref: a branch, tag, sha or e.g. main~3")
+        if not args.only & set(bench_rows.BASELINE_ROWS):
+            parser.error(
+                "--baseline measures gateway rows: keep gateway or gateway-openai in --only"
+            )
     if args.profile and "gateway" not in args.only:
         parser.error("--profile profiles the gateway row: keep it in --only")
     if args.quick:
@@ -91,18 +117,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> int:
+    if args.baseline is None:
+        return _run_rows(args, procs, redis, None, None)
+    # Exported into the run's work dir, which the session removes at the end.
+    baseline = bench_baseline.prepare(args.baseline, procs.log_dir / "baseline")
+    # Its own Redis: the two gateways' registrations and change events never meet.
+    baseline_redis = EmbeddedRedis(procs.log_dir / "redis-baseline", persist=False)
+    try:
+        return _run_rows(args, procs, redis, baseline, baseline_redis)
+    finally:
+        baseline_redis.stop()
+
+
+def _run_rows(
+    args: argparse.Namespace,
+    procs: Processes,
+    redis: EmbeddedRedis,
+    baseline: Baseline | None,
+    baseline_redis: EmbeddedRedis | None,
+) -> int:
     pin = pinning_available() and not args.no_pin
     load_cpu, server_cpu = (0, 1) if pin else (None, None)
     driver = choose_driver(args.load, procs, load_cpu)
-    redis.start()
-    if pin and redis.pid is not None:
-        os.sched_setaffinity(redis.pid, {0})  # idle during the rows; keep it off CPU 1
-    plan = bench_rows.Plan(args.only, args.upstream, args.processes, load_cpu, server_cpu)
+    for server in filter(None, (redis, baseline_redis)):
+        server.start()
+        if pin and server.pid is not None:
+            os.sched_setaffinity(server.pid, {0})  # idle during the rows; keep it off CPU 1
+    plan = bench_rows.Plan(
+        args.only,
+        args.upstream,
+        args.processes,
+        load_cpu,
+        server_cpu,
+        baseline,
+        baseline_redis.url if baseline_redis is not None else "",
+    )
     targets, upstream_kind = bench_rows.start(procs, redis.url, plan)
     rss_start = _rss(targets)
-    print(_header(args, upstream_kind, driver, pin, targets))
+    print(_header(args, upstream_kind, driver, pin, targets, baseline))
     rows = _measure(args, driver, targets)
     document = _document(args, rows, upstream_kind, driver, pin)
+    document["baseline"] = _baseline(rows, baseline)
     document["rss_bytes"] = {"at_start": rss_start, "after_the_run": _rss(targets)}
     print()
     print(legend(rows))
@@ -130,8 +185,9 @@ def _header(
     driver: Driver,
     pin: bool,
     targets: dict[str, Target],
+    baseline: Baseline | None,
 ) -> str:
-    """Return the run's first line: what runs where, and how long each row lasts."""
+    """Return the run's first line: what runs where, how long each row lasts, which code."""
     pinning = "load+upstream on CPU 0, server on CPU 1" if pin else "off"
     if pin and "gateway-xN" in targets:
         name = targets["gateway-xN"].name
@@ -140,6 +196,12 @@ def _header(
         f"bench: upstream={upstream_kind} load={driver.kind} pinning={pinning}; "
         f"rows of {args.duration}s at {args.connections} and 1 connection(s), "
         f"{args.rounds} round(s)"
+        + (
+            f"; baseline {baseline.ref} = {baseline.commit[:10]}, its gateway imported from "
+            f"{baseline.gateway_file}"
+            if baseline is not None
+            else ""
+        )
     )
 
 
@@ -160,7 +222,8 @@ def _rss(targets: dict[str, Target]) -> dict[str, int]:
 def _measure(args: argparse.Namespace, driver: Driver, targets: dict[str, Target]) -> list[Row]:
     rows = [Row(t.name, t.what, args.connections) for t in targets.values()]
     if args.connections != 1:
-        rows += [Row(t.name, t.what, 1) for r, t in targets.items() if r in bench_rows.LATENCY_ROWS]
+        at_one = [t for r, t in targets.items() if bench_rows.measured_at_one(r)]
+        rows += [Row(t.name, t.what, 1) for t in at_one]
     by_name = {t.name: t for t in targets.values()}
     width = max(len(row.key) for row in rows) + 1
     for round_index in range(args.rounds):
@@ -194,6 +257,17 @@ def _print_summary(document: dict[str, Any]) -> None:
         )
     for name, added in document["added_p50_ms_at_1_connection"].items():
         print(f"added p50 latency at 1 connection, {name} - direct: {added:.3f} ms")
+    baseline = document["baseline"]
+    if baseline is not None:
+        print(
+            f"current ({document['git']}) / baseline {baseline['ref']} "
+            f"({baseline['commit'][:10]}), medians; > 1x req/s is faster, < 1x CPU is cheaper:"
+        )
+        width = max(
+            (len(f"{p['row']} at {p['connections']}") for p in baseline["pairs"]), default=0
+        )
+        for pair in baseline["pairs"]:
+            print(pair_line(pair, width))
     start, after = document["rss_bytes"]["at_start"], document["rss_bytes"]["after_the_run"]
     print(
         "RSS after the run (at start): "
@@ -228,6 +302,25 @@ def _document(
         "rows": [row.as_dict(floor_rps(rows, row.connections)) for row in rows],
         "added_p50_ms_at_1_connection": _added_p50(rows),
         "vs_litellm": _vs_litellm(rows, args.connections),
+    }
+
+
+def _baseline(rows: list[Row], baseline: Baseline | None) -> dict[str, Any] | None:
+    """Return what the baseline was and each current row against its baseline row."""
+    if baseline is None:
+        return None
+    pairs = []
+    for connections in sorted({row.connections for row in rows}, reverse=True):
+        for name in bench_rows.BASELINE_ROWS:
+            pair = against_baseline(rows, name, baseline.row(name), connections)
+            if pair is not None:
+                pairs.append(pair)
+    return {
+        "ref": baseline.ref,
+        "commit": baseline.commit,
+        "gateway_file": str(baseline.gateway_file),
+        "serve_flags": sorted(baseline.serve_flags),
+        "pairs": pairs,
     }
 
 

@@ -41,10 +41,12 @@ class Target:
     body: bytes = CHAT_BODY
 
 
-def child_env() -> dict[str, str]:
-    """Return this environment without GATEWAY_* settings, with the repo importable."""
+def child_env(root: Path = REPO) -> dict[str, str]:
+    """Return this environment without GATEWAY_* settings, with the packages of `root` first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Another tree's packages must not be shadowed by this repo's, wherever it was on the path.
+    others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *others])
     return env
 
 
@@ -90,11 +92,18 @@ def start_bare_proxy(procs: Processes, upstream_url: str, cpu: int | None) -> Ta
     return Target("bare", "bare aiohttp proxy (bench/bare_proxy.py)", url, child)
 
 
+def serve_options(port: int, redis_url: str) -> dict[str, str]:
+    """Return the `serve` flags every benchmarked gateway gets, with their values."""
+    return {"--host": "127.0.0.1", "--port": str(port), "--redis-url": redis_url}
+
+
 def gateway_command(
     port: int, redis_url: str, *, cprofile_to: Path | None = None, extra: Sequence[str] = ()
 ) -> list[str]:
     """Return the command serving the gateway, optionally wrapped in cProfile."""
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--redis-url", redis_url]
+    args = ["serve"]
+    for flag, value in serve_options(port, redis_url).items():
+        args += [flag, value]
     args += extra
     if cprofile_to is not None:
         return [sys.executable, "-m", "bench.cprofile_gateway", str(cprofile_to), *args]
@@ -113,7 +122,14 @@ def start_gateway(
     """Start the gateway as a subprocess (`extra`: more `serve` flags) and wait until ready."""
     port = free_port()
     cmd = gateway_command(port, redis_url, cprofile_to=cprofile_to, extra=extra)
-    child = procs.start(name, pinned(cmd, cpu), env=child_env())
+    return launch_gateway(procs, name, pinned(cmd, cpu), port, env=child_env())
+
+
+def launch_gateway(
+    procs: Processes, name: str, cmd: list[str], port: int, *, env: dict[str, str], cwd: Path = REPO
+) -> Target:
+    """Start the gateway command `cmd` listening on `port`; return it once /readyz says 200."""
+    child = procs.start(name, cmd, env=env, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
     wait_http(child, base + "/healthz")
     _wait_ready(child, base + "/readyz")
