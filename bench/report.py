@@ -163,9 +163,9 @@ def pair_line(pair: dict[str, Any], width: int) -> str:
     label = f"{pair['row']} at {pair['connections']}"
     rps_x, cpu_x = pair["rps_ratio"], pair["cpu_us_per_req_ratio"]
     return (
-        f"  {label:<{width}} req/s {pair['rps']:.0f} vs {pair['baseline_rps']:.0f} = "
-        f"{_ratio(rps_x)}   CPU us/req {pair['cpu_us_per_req']:.0f} vs "
-        f"{pair['baseline_cpu_us_per_req']:.0f} = {_ratio(cpu_x)}"
+        f"  {label:<{width}}  req/s {pair['rps']:>6.0f} vs {pair['baseline_rps']:>6.0f} = "
+        f"{_ratio(rps_x):<17}  CPU us/req {pair['cpu_us_per_req']:>5.0f} vs "
+        f"{pair['baseline_cpu_us_per_req']:>5.0f} = {_ratio(cpu_x)}"
     )
 
 
