@@ -117,3 +117,6 @@ class Catalogue:
             return None
         method = "GET" if route.method == "HEAD" else route.method
         return self._by_route.get((method, resource.canonical))
+
+
+CATALOGUE = web.AppKey("catalogue", Catalogue)

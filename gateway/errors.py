@@ -15,15 +15,21 @@
     │   └── WorkerNotAllowed 422  the worker's host is outside worker_allowlist
     ├── Overloaded           429  every worker of the model is at its max_concurrency
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
+    ├── WorkerRefused        4xx  a same-protocol worker refused the client's own request
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
     │   └── StoreUnavailable 503  Redis is unreachable, writes cannot be made
     └── UpstreamTimeout      504  the worker did not answer in time
 
-Handlers raise; `error_middleware` picks the body shape of the route family: the seed's
-`{"success": false, "msg"}`, OpenAI's `{"error": {"message", "type", "code"}}` or Ollama's
-`{"error": "..."}`, and leaves the error on the request (`ERROR`) for the access log.
+A class says its status; an instance may carry another one where the status is the
+worker's (`WorkerRefused`) or aiohttp's. Registry errors (registry/errors.py, which knows
+nothing of HTTP) are mapped to these by one table.
+
+Handlers raise; `error_middleware` picks the body shape of the family of the route the request
+matched (gateway/endpoints.py): the seed's `{"success": false, "msg"}`, OpenAI's
+`{"error": {"message", "type", "code"}}` or Ollama's `{"error": "..."}`, and leaves the error
+on the request (`ERROR`) for the access log.
 """
 
 import logging
@@ -34,22 +40,25 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from registry import DuplicateWorker, RegistryError, UnknownApiKey
-from registry import StoreUnavailable as StoreDown
-from registry import UnknownWorker as NoSuchWorker
+import registry
+from gateway.endpoints import CATALOGUE, Endpoint
 
 log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
-    status: ClassVar[int] = 500
+    status: int = 500
     code: ClassVar[str] = "internal_error"
     openai_type: ClassVar[str] = "server_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if status is not None:
+            self.status = status
 
 
 class BadRequest(GatewayError):
@@ -108,6 +117,15 @@ class RateLimited(GatewayError):
     status, code, openai_type = 429, "rate_limited", "rate_limit_error"
 
 
+class WorkerRefused(GatewayError):
+    """A same-protocol worker refused the client's own request; its status is passed on."""
+
+    code, openai_type = "invalid_request", "invalid_request_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, status=status)
+
+
 class UpstreamError(GatewayError):
     status, code, openai_type = 502, "upstream_error", "api_error"
 
@@ -144,16 +162,18 @@ def invalid(exc: ValidationError, what: str) -> GatewayError:
     return InvalidRequest(f"invalid {what}: " + "; ".join(problems))
 
 
-def _from_registry(exc: RegistryError) -> GatewayError:
-    if isinstance(exc, DuplicateWorker):
-        return Conflict(str(exc))
-    if isinstance(exc, NoSuchWorker):
-        return UnknownWorker(str(exc))
-    if isinstance(exc, UnknownApiKey):
-        return UnknownKey(str(exc))
-    if isinstance(exc, StoreDown):
-        return StoreUnavailable(str(exc), headers={"Retry-After": "1"})
-    return GatewayError(str(exc))
+_REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
+    registry.DuplicateWorker: Conflict,
+    registry.UnknownWorker: UnknownWorker,
+    registry.UnknownApiKey: UnknownKey,
+    registry.StoreUnavailable: StoreUnavailable,
+}
+
+
+def _from_registry(exc: registry.RegistryError) -> GatewayError:
+    cls = next((c for kind, c in _REGISTRY.items() if isinstance(exc, kind)), GatewayError)
+    headers = {"Retry-After": "1"} if cls is StoreUnavailable else None
+    return cls(str(exc), headers=headers)
 
 
 _HTTP = {
@@ -173,14 +193,20 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
     if exc.status == 413:
         return PayloadTooLarge(f"request body is larger than the limit: {exc.text}")
     if cls is None:
-        err = GatewayError(exc.text or exc.reason)
-        err.status = exc.status  # type: ignore[misc]
-        return err
+        return GatewayError(exc.text or exc.reason, status=exc.status)
     return cls(exc.text or exc.reason)
 
 
-def family(path: str) -> str:
-    """Name the route family of `path`: "openai", "ollama" or "seed"."""
+def family(request: web.Request) -> str:
+    """Name the error shape of `request`: "openai", "ollama" or "seed"."""
+    catalogue = request.app.get(CATALOGUE)
+    return shape_of(catalogue.find(request) if catalogue is not None else None, request.path)
+
+
+def shape_of(endpoint: Endpoint | None, path: str) -> str:
+    """Name the error shape of a route: its family's, or for no route the one its path suggests."""
+    if endpoint is not None:
+        return endpoint.family if endpoint.family in ("openai", "ollama") else "seed"
     if path.startswith("/v1/"):
         return "openai"
     if path.startswith("/api/") and not path.startswith(("/api/server/", "/api/v1/")):
@@ -190,7 +216,7 @@ def family(path: str) -> str:
 
 def render(request: web.Request, err: GatewayError) -> web.Response:
     """Build the error response in the shape of the route family `request` belongs to."""
-    kind = family(request.path)
+    kind = family(request)
     body: object
     if kind == "openai":
         body = {"error": {"message": err.message, "type": err.openai_type, "code": err.code}}
@@ -217,7 +243,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as err:
         error = err
-    except RegistryError as exc:
+    except registry.RegistryError as exc:
         error = _from_registry(exc)
     except web.HTTPException as exc:
         if exc.status < 400:

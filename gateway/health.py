@@ -21,8 +21,9 @@ import time
 import aiohttp
 from yarl import URL
 
-from gateway.router import Router, Worker
+from gateway.router import Router
 from gateway.settings import Settings
+from gateway.worker import Worker
 from registry import Health, Lease, RegistryStore, StoreUnavailable, pause
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway.endpoints import Catalogue, Endpoint
-from gateway.errors import family as error_family
+from gateway.errors import shape_of
 from gateway.settings import Settings
 
 OPENAPI = web.AppKey("openapi", bytes)
@@ -135,7 +135,7 @@ def _operation(
         "description": "an error, in the shape of the route family",
         "content": {
             "application/json": {
-                "schema": refs[(_ERRORS[error_family(endpoint.path)], "serialization")]
+                "schema": refs[(_ERRORS[shape_of(endpoint, endpoint.path)], "serialization")]
             }
         },
     }

@@ -5,12 +5,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway.allowlist import AllowList
-from gateway.endpoints import Catalogue
+from gateway.endpoints import CATALOGUE
+from gateway.failover import Failover
 from gateway.health import HealthChecker
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
-from gateway.upstream import Upstream
 from registry import ApiKeyStore, Follower, RegistryStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,9 +19,23 @@ STORE = web.AppKey("store", RegistryStore)
 ROUTER = web.AppKey("router", Router)
 FOLLOWER = web.AppKey("follower", Follower)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-UPSTREAM = web.AppKey("upstream", Upstream)
+FAILOVER = web.AppKey("failover", Failover)
 HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
-CATALOGUE = web.AppKey("catalogue", Catalogue)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
+
+__all__ = [
+    "ALLOWLIST",
+    "API_KEYS",
+    "CATALOGUE",
+    "FAILOVER",
+    "FOLLOWER",
+    "HEALTH",
+    "METRICS",
+    "REDIS",
+    "ROUTER",
+    "SESSION",
+    "SETTINGS",
+    "STORE",
+]

@@ -1,25 +1,86 @@
-"""An open streamed answer: the worker's chunks, passed on as text pieces or as they are.
+"""An open streamed answer, and the one decoder of worker streams (SSE or NDJSON) into text.
 
 Once a stream has begun nothing is retried: a worker that fails midway ends it with
-`StreamBroken`, which each route family turns into its own error event.
+`StreamBroken`, which each route family turns into its own error event. The worker's place in
+its pool is a `Slot`, held until the stream is closed.
 """
 
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from gateway.calls import WorkerRequest
 from gateway.http1 import HTTPClientError, Response, Sink
-from gateway.router import Pool, Worker
+from gateway.metrics import Metrics
+from gateway.pool import Pool
+from gateway.worker import Ejection, Worker
 from templates import ExtractError, Operation, decoder
-
-if TYPE_CHECKING:
-    from gateway.upstream import Upstream
 
 
 class StreamBroken(Exception):
-    """The worker failed after the stream to the client had begun."""
+    """The worker failed after the stream to the client had begun (message redacted)."""
+
+
+class WorkerReported(ExtractError):
+    """A streamed chunk was the worker's own error event."""
+
+
+class Slot:
+    """One request's place at a worker: counted in flight until released (once)."""
+
+    __slots__ = ("_held", "_metrics", "pool", "sent_at", "worker")
+
+    def __init__(self, pool: Pool, worker: Worker, metrics: Metrics | None) -> None:
+        self.pool = pool
+        self.worker = worker
+        self._metrics = metrics
+        self.sent_at = time.perf_counter()
+        self._held = True
+        pool.entered(worker)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.pool.left(self.worker)
+
+    def first_piece(self) -> None:
+        """The first piece of the answer is on its way to the client (time to first token)."""
+        if self._metrics is not None:
+            elapsed = time.perf_counter() - self.sent_at
+            self._metrics.observe_ttft(self.pool.model, self.worker.label, elapsed)
+
+
+async def texts(
+    chunks: AsyncIterator[bytes], op: Operation, max_line_bytes: int
+) -> AsyncIterator[str]:
+    """Decode a worker's stream into its text pieces; raise ExtractError on a bad chunk."""
+    events = decoder(op.stream_format or "sse", max_line_bytes=max_line_bytes)
+    extractor = op.stream_extractor
+    async for chunk in chunks:
+        for payload in events.feed(chunk):
+            if payload == b"[DONE]":
+                return
+            text = _text(payload, extractor)
+            if text:
+                yield text
+    for payload in events.close():
+        if payload == b"[DONE]":
+            return
+        text = _text(payload, extractor)
+        if text:
+            yield text
+
+
+def _text(payload: bytes, extractor: Any) -> str | None:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
+    if isinstance(doc, dict) and doc.get("error"):
+        raise WorkerReported("the worker reported an error", quote=error_text(doc))
+    return extractor.text_or_none(doc) if extractor is not None else None
 
 
 class Stream:
@@ -27,56 +88,46 @@ class Stream:
 
     def __init__(
         self,
-        pool: Pool,
-        worker: Worker,
-        response: Response,
-        op: Operation,
-        passthrough: bool,
-        decoded: bool,
-        rename: bytes | None,
-        upstream: "Upstream",
+        slot: Slot,
+        req: WorkerRequest,
+        response: Response | None,
+        *,
+        text: str = "",
+        ejection: Ejection,
+        max_line_bytes: int,
+        tries: int,
     ) -> None:
-        self.worker = worker
-        self.tries = 1
-        self.sent_at = time.perf_counter()
-        self._pool = pool
-        self._upstream = upstream
-        self._ejection = upstream.ejection
-        self.passthrough = passthrough
-        self._response = response
-        self._op = op
-        self._decoded = decoded  # the worker streams: decode events; else one whole answer
-        self._rename = rename
-        self._closed = False
+        self.worker = slot.worker
+        self.tries = tries
+        self.passthrough = req.passthrough
+        self._slot = slot
+        self._req = req
+        self._response = response  # None: the worker answered whole, `text` is all of it
+        self._text = text
+        self._ejection = ejection
+        self._max_line_bytes = max_line_bytes
 
     @property
     def relayed(self) -> bool:
         """Whether the worker's own stream goes to the client as bytes (see `forward`)."""
-        return self.passthrough and self._decoded
+        return self.passthrough and self._response is not None
 
     async def forward(self, sink: Sink) -> None:
         """Pass a `relayed` stream to `sink`, renaming the model in it if the worker serves
         it under another name; raise StreamBroken if the worker fails midway."""
+        assert self._response is not None, "forward() is for relayed streams"
+        rename = self._req.rename
         renaming = None
-        if self._rename is not None:
-            sink = renaming = ModelRenaming(sink, self.worker.record.served_model, self._rename)
+        if rename is not None:
+            sink = renaming = ModelRenaming(sink, self.worker.record.served_model, rename)
         try:
-            await self._response.forward(sink)
+            await self._response.forward(_FirstPiece(sink, self._slot))
         except (HTTPClientError, TimeoutError) as exc:
             raise self._broken(exc) from exc
         finally:
             if renaming is not None:
                 renaming.flush()
         self.worker.stats.succeeded()
-
-    def first_piece(self) -> None:
-        """The first piece of the answer is on its way to the client (time to first token)."""
-        self._upstream.first_piece(self._pool.model, self.worker, self.sent_at)
-
-    def _broken(self, exc: HTTPClientError | TimeoutError) -> StreamBroken:
-        reason = describe(exc) if not isinstance(exc, TimeoutError) else "timed out"
-        self.worker.stats.failed(reason, self._ejection)
-        return StreamBroken(f"the worker stopped mid-answer ({reason})")
 
     async def pieces(self) -> AsyncIterator[str | bytes]:
         """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
@@ -85,54 +136,42 @@ class Stream:
             async for piece in self._pieces():
                 if first:
                     first = False
-                    self.first_piece()
+                    self._slot.first_piece()
                 yield piece
         except ExtractError as exc:
-            self.worker.stats.failed(str(exc), None)
-            raise StreamBroken(f"{self.worker.label}: {exc}") from exc
+            reason = exc.describe(self.worker.redact)
+            self.worker.stats.failed(reason, None)
+            raise StreamBroken(f"{self.worker.label}: {reason}") from exc
         except (HTTPClientError, TimeoutError) as exc:
             raise self._broken(exc) from exc
         self.worker.stats.succeeded()
 
-    async def _pieces(self) -> AsyncIterator[str | bytes]:
-        if self.passthrough:
-            async for chunk in self._own_bytes():
-                yield chunk
-        elif self._decoded:
-            async for piece in self._decode():
-                yield piece
+    def _pieces(self) -> AsyncIterator[str | bytes]:
+        response = self._response
+        if response is None:
+            return _one(self._text)
+        if not self.passthrough:
+            return texts(response.chunks(), self._req.op, self._max_line_bytes)
+        return self._own_bytes(response)
+
+    def _broken(self, exc: HTTPClientError | TimeoutError) -> StreamBroken:
+        if isinstance(exc, HTTPClientError) and not isinstance(exc, TimeoutError):
+            reason = self.worker.redact.quote(str(exc) or type(exc).__name__)
         else:
-            raw = await self._response.read()
-            yield self._op.extractor.extract(raw)
+            reason = "it stalled or ran past the stream's time limit"
+        self.worker.stats.failed(reason, self._ejection)
+        return StreamBroken(f"the worker stopped mid-answer ({reason})")
 
-    async def _decode(self) -> AsyncIterator[str | bytes]:
-        fmt = self._op.stream_format or "sse"
-        events = decoder(fmt)
-        extractor = self._op.stream_extractor
-        done = False
-        async for chunk in self._response.chunks():
-            for payload in events.feed(chunk):
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                doc = loads_chunk(payload)
-                if isinstance(doc, dict) and doc.get("error"):
-                    raise ExtractError(f"the worker reported an error: {error_text(doc)}")
-                text = extractor.text_or_none(doc) if extractor is not None else None
-                if text:
-                    yield text
-            if done:
-                break
-
-    async def _own_bytes(self) -> AsyncIterator[bytes]:
+    async def _own_bytes(self, response: Response) -> AsyncIterator[bytes]:
         """The worker's own stream, renamed like `forward` does (for clients it cannot serve)."""
-        if self._rename is None:
-            async for chunk in self._response.chunks():
+        rename = self._req.rename
+        if rename is None:
+            async for chunk in response.chunks():
                 yield chunk
             return
         out = _Collected()
-        renaming = ModelRenaming(out, self.worker.record.served_model, self._rename)
-        async for chunk in self._response.chunks():
+        renaming = ModelRenaming(out, self.worker.record.served_model, rename)
+        async for chunk in response.chunks():
             renaming.write(chunk)
             if out.parts:
                 yield out.take()
@@ -141,12 +180,34 @@ class Stream:
             yield out.take()
 
     async def aclose(self) -> None:
-        """Release the worker's connection (closed if the answer was not read to its end)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._upstream.left(self._pool, self.worker)
-        self._response.release()
+        """Free the worker's slot and connection (closed if the answer was not read to its end)."""
+        self._slot.release()
+        response, self._response = self._response, None
+        if response is not None:
+            response.release()
+
+
+async def _one(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+class _FirstPiece:
+    """A Sink that tells the slot when the first piece goes to the client, then only passes."""
+
+    __slots__ = ("_sink", "_slot", "write")
+
+    def __init__(self, sink: Sink, slot: Slot) -> None:
+        self._sink = sink
+        self._slot = slot
+        self.write = self._first
+
+    def _first(self, data: bytes) -> None:
+        self._sink.write(data)
+        self.write = self._sink.write  # from now on, straight to the sink
+        self._slot.first_piece()
+
+    def backlog(self) -> int:
+        return self._sink.backlog()
 
 
 _MAX_PENDING_BYTES = 1024 * 1024  # a longer unfinished line is passed on, renamed as far as it goes
@@ -216,21 +277,9 @@ class _Collected:
         return data
 
 
-def loads_chunk(payload: bytes) -> Any:
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
-
-
 def error_text(doc: Mapping[str, Any]) -> str:
+    """Return the message of a worker's `{"error": ...}` document."""
     error = doc.get("error")
     if isinstance(error, Mapping):
         return str(error.get("message") or error)
     return str(error)
-
-
-def describe(exc: BaseException) -> str:
-    """Return a short text for a client-side exception, for logs and error messages."""
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 200 else text[:200] + "..."

@@ -9,12 +9,13 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway.calls import Call
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
+from gateway.failover import Answer
 from gateway.observe import note_model, note_worker
-from gateway.router import Pool
-from gateway.state import ROUTER, UPSTREAM
+from gateway.pool import Pool
+from gateway.state import FAILOVER, ROUTER
 from gateway.stream import Stream, StreamBroken
-from gateway.upstream import Answer, Call
 from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
 
 M = TypeVar("M", bound=BaseModel)
@@ -117,14 +118,14 @@ async def answer(
 ) -> web.StreamResponse:
     """Answer `call` whole (the worker's own JSON, or `whole` of its text) or as a stream."""
     pool = find_pool(request, model)
-    upstream = request.app[UPSTREAM]
+    failover = request.app[FAILOVER]
     if not call.stream or shape is None:
-        result = await upstream.complete(pool, call)
+        result = await failover.complete(pool, call)
         note_answer(request, result)
         if result.raw is not None:
             return web.Response(body=result.raw, content_type="application/json")
         return json_response(whole(result))
-    stream = await upstream.open_stream(pool, call)
+    stream = await failover.open_stream(pool, call)
     return await relay(request, stream, shape)
 
 
@@ -152,7 +153,7 @@ async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web
         await response.prepare(request)  # a StreamResponse sends its head at once
         try:
             if direct and transport is not None:
-                await stream.forward(_ChunkedSink(transport, stream))
+                await stream.forward(_ChunkedSink(transport))
             else:
                 async for piece in stream.pieces():
                     await response.write(piece if isinstance(piece, bytes) else encode(piece))
@@ -175,19 +176,15 @@ class _ChunkedSink:
     chunk after still go through it), the cheapest way from the worker's socket to the client's.
     """
 
-    __slots__ = ("_stream", "_transport")
+    __slots__ = ("_transport",)
 
-    def __init__(self, transport: asyncio.Transport, stream: Stream | None) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._stream = stream  # until the first piece is written
 
     def write(self, data: bytes) -> None:
         if self._transport.is_closing():
             return  # the client left; its handler is being cancelled
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        if self._stream is not None:
-            self._stream.first_piece()
-            self._stream = None
 
     def backlog(self) -> int:
         return self._transport.get_write_buffer_size()

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.calls import Call
 from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
@@ -25,7 +26,6 @@ from gateway.routes._common import (
     vectors,
 )
 from gateway.state import ROUTER
-from gateway.upstream import Call
 from templates import USER_PROMPT
 
 routes = Routes("ollama")

@@ -14,7 +14,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.calls import Call
 from gateway.endpoints import Routes
+from gateway.failover import Answer
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import (
     StreamShape,
@@ -26,7 +28,6 @@ from gateway.routes._common import (
     vectors,
 )
 from gateway.state import ROUTER
-from gateway.upstream import Answer, Call
 from templates import USER_PROMPT
 
 routes = Routes("openai")

@@ -5,11 +5,11 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.calls import Call
 from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import find_pool, json_response, note_answer, parse
-from gateway.state import SETTINGS, UPSTREAM
-from gateway.upstream import Call
+from gateway.state import FAILOVER, SETTINGS
 from templates import MESSAGES, MODEL_TEMPERATURE, USER_PROMPT
 
 routes = Routes("seed")
@@ -50,6 +50,6 @@ async def chat(request: web.Request) -> web.Response:
         MODEL_TEMPERATURE: temperature,
     }
     call = Call("seed", "chat", values, None, stream=False, request_id=request[REQUEST_ID])
-    answer = await app[UPSTREAM].complete(pool, call)
+    answer = await app[FAILOVER].complete(pool, call)
     note_answer(request, answer)
     return json_response({"success": True, "msg": "execute succeed", "result": answer.text})

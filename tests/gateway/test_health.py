@@ -329,9 +329,8 @@ async def test_heartbeat_keeps_a_worker_and_its_lapse_removes_it_everywhere(
             assert beat.status_code == 200 and beat.json()["ttl_s"] == 1
             await asyncio.sleep(0.3)
         assert (await chat(two, "m")).status_code == 200
-        lapsed_at = time.monotonic()
-        await until(lambda: _listed_nowhere(one, two), timeout_s=5)
-        assert time.monotonic() - lapsed_at < 2.5  # gone within ttl + 1 s (and a poll)
+        # Heartbeats stopped: the worker is reaped everywhere (the wait is only a hang guard).
+        await until(lambda: _listed_nowhere(one, two), timeout_s=10)
         again = await one.post("/api/server/heartbeat", json=key)
         assert again.status_code == 404
         assert "register it again" in again.json()["msg"]

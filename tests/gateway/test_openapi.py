@@ -79,14 +79,15 @@ async def test_answers_match_their_documented_models(
     worker = await make_worker()
     registration = seed_registration("m", worker)
     identity = {"model_name": "m", "req_url_template": registration["req_url_template"]}
-    calls: list[tuple[str, dict[str, Any], type[BaseModel]]] = [
-        ("/api/server/register", registration, Registered),
-        ("/api/v1/chat/completions", {"input": "x", "model_name": "m"}, SeedChatAnswer),
-        ("/api/v1/chat/completions", {"input": "x", "model_name": "ghost"}, SeedError),
-        ("/v1/embeddings", {"model": "ghost", "input": "x"}, OpenAIError),
-        ("/api/embed", {"model": "ghost", "input": "x"}, OllamaError),
-        ("/api/server/offline", identity, Done),
+    calls: list[tuple[str, dict[str, Any], int, type[BaseModel]]] = [
+        ("/api/server/register", registration, 200, Registered),
+        ("/api/v1/chat/completions", {"input": "x", "model_name": "m"}, 200, SeedChatAnswer),
+        ("/api/v1/chat/completions", {"input": "x", "model_name": "ghost"}, 404, SeedError),
+        ("/v1/embeddings", {"model": "ghost", "input": "x"}, 404, OpenAIError),
+        ("/api/embed", {"model": "ghost", "input": "x"}, 404, OllamaError),
+        ("/api/server/offline", identity, 200, Done),
     ]
-    for path, body, answer in calls:
+    for path, body, status, answer in calls:
         reply = await client.post(path, json=body)
+        assert reply.status_code == status, (path, reply.text)
         answer.model_validate(reply.json())

@@ -1,0 +1,262 @@
+"""One attempt at one worker: send its request, read the answer, and say how it failed.
+
+This is the one place where the worker client's errors are caught. Each failure becomes an
+`AttemptFailed` that says whether another worker may be tried (`retryable`), whether it counts
+toward the worker's passive ejection (`ejectable`) and whether it was a timeout. Every text the
+worker sent that goes into a reason is redacted (its own header secrets) before it is cut.
+
+Time is bounded by the worker client itself (gateway/http1/): a whole answer must arrive
+within the worker's `timeout_s`; a stream's head within `timeout_s`, each wait for data within
+`timeout_s`, and the whole stream within `stream_timeout_s`.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.calls import Call, WorkerRequest
+from gateway.errors import WorkerRefused
+from gateway.http1 import Client, ConnectFailed, HTTPClientError, Response, TooLarge
+from gateway.stream import WorkerReported, texts
+from gateway.worker import Worker
+from templates import ExtractError, Extractor
+
+T = TypeVar("T")
+
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A passthrough request's own fault, told to the client as it is (not the worker's failure).
+_CLIENT_STATUS = frozenset({400, 413, 422})
+# Answers smaller than this are extracted on the event loop whatever the path: it is quick.
+_EXTRACT_INLINE_BYTES = 64 * 1024
+_ERROR_BODY_BYTES = 4096  # read of an error answer: enough to redact what the 200-char quote shows
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one worker answer may be (from the settings)."""
+
+    max_response_bytes: int
+    max_stream_line_bytes: int
+    stream_timeout_s: float
+    extract_timeout_s: float
+
+
+class AttemptFailed(Exception):
+    """One attempt failed before anything reached the client."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        timed_out: bool = False,
+        ejectable: bool | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.timed_out = timed_out
+        self.status = status
+        # Counts toward passive ejection: the worker is down, hung or failing (not a 429, not
+        # an answer the extract path could not read).
+        self.ejectable = retryable if ejectable is None else ejectable
+
+
+async def send(
+    client: Client,
+    worker: Worker,
+    req: WorkerRequest,
+    *,
+    timeout_s: float,
+    deadline: float,
+) -> Response:
+    """Send `req`; return the answer once its head is in, or raise AttemptFailed.
+
+    A stream gets `timeout_s` for its head and for each wait, and `deadline` for all of it;
+    a whole answer gets `deadline` (set by the caller to `timeout_s` from now) for all of it.
+    """
+    http = req.http
+    try:
+        if req.streamed:
+            response = await client.request(
+                http.method,
+                http.url,
+                http.headers,
+                http.body,
+                read_timeout_s=timeout_s,
+                head_timeout_s=timeout_s,
+                deadline=deadline,
+            )
+        else:
+            response = await client.request(
+                http.method, http.url, http.headers, http.body, deadline=deadline
+            )
+    except TimeoutError as exc:
+        raise AttemptFailed(
+            f"no answer within {timeout_s:g}s", retryable=True, timed_out=True
+        ) from exc
+    except ConnectFailed as exc:
+        raise AttemptFailed(
+            f"could not reach the worker ({worker.redact.quote(str(exc))})", retryable=True
+        ) from exc
+    except HTTPClientError as exc:
+        raise AttemptFailed(
+            f"bad HTTP exchange ({worker.redact.quote(str(exc) or type(exc).__name__)})",
+            retryable=True,
+        ) from exc
+    if response.status >= 400:
+        await _refused(worker, req, response)
+    return response
+
+
+async def _refused(worker: Worker, req: WorkerRequest, response: Response) -> None:
+    try:
+        raw = await response.read_some(_ERROR_BODY_BYTES)
+    except (HTTPClientError, TimeoutError):
+        raw = b""
+    finally:
+        response.close()
+    status = response.status
+    snippet = worker.redact.quote(raw)
+    if req.passthrough and status in _CLIENT_STATUS:
+        raise WorkerRefused(status, f"the model server refused the request: {snippet}")
+    raise AttemptFailed(
+        f"worker answered HTTP {status}: {snippet}",
+        retryable=status in _RETRYABLE_STATUS,
+        ejectable=status >= 500,
+        status=status,
+    )
+
+
+async def read_whole(response: Response, limits: Limits, timeout_s: float) -> bytes:
+    """Read a whole answer within the size limit, or raise AttemptFailed."""
+    limit = limits.max_response_bytes
+    length = response.content_length
+    try:
+        if length is not None and length > limit:
+            raise AttemptFailed(
+                f"the answer of {length} bytes is over the {limit}-byte max_response_bytes",
+                retryable=False,
+            )
+        return await response.read(limit)
+    except TooLarge as exc:
+        raise AttemptFailed(
+            f"the answer is over the {limit}-byte max_response_bytes", retryable=False
+        ) from exc
+    except TimeoutError as exc:
+        raise AttemptFailed(
+            f"the answer did not finish within {timeout_s:g}s", retryable=True, timed_out=True
+        ) from exc
+    except HTTPClientError as exc:
+        raise AttemptFailed(
+            f"the worker broke off its answer ({exc or type(exc).__name__})", retryable=True
+        ) from exc
+    finally:
+        response.release()
+
+
+async def extract_text(worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits) -> str:
+    """Return the answer text at the operation's extract path."""
+    return await _extract(worker, req.op.extractor, raw, limits, req.op.extractor.extract)
+
+
+async def extract_value(worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits) -> Any:
+    """Return the JSON value at the operation's extract path (embeddings)."""
+    extractor = req.op.extractor
+
+    def find(data: bytes) -> Any:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ExtractError(f"worker answered with something that is not JSON ({exc})") from exc
+        return extractor.find(doc)
+
+    return await _extract(worker, extractor, raw, limits, find)
+
+
+async def _extract(
+    worker: Worker,
+    extractor: Extractor,
+    raw: bytes,
+    limits: Limits,
+    run: Callable[[bytes], T],
+) -> T:
+    try:
+        if not extractor.costly or len(raw) <= _EXTRACT_INLINE_BYTES:
+            return run(raw)
+        # A JSONPath with wildcards or filters on a large answer: off the event loop, bounded.
+        try:
+            async with asyncio.timeout(limits.extract_timeout_s):
+                return await asyncio.to_thread(run, raw)
+        except TimeoutError:
+            raise AttemptFailed(
+                f"response_extract {extractor.path!r} took over {limits.extract_timeout_s:g}s "
+                f"on a {len(raw)}-byte answer; use a plain path such as "
+                "$.choices[0].message.content",
+                retryable=False,
+            ) from None
+    except ExtractError as exc:
+        raise AttemptFailed(
+            f"{exc.describe(worker.redact)}; fix the worker or its response_extract",
+            retryable=False,
+        ) from exc
+
+
+def rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
+    """Give a passthrough answer the model name the client asked for."""
+    if not worker.record.upstream_model or call.body is None:
+        return raw
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise AttemptFailed(
+            f"worker answered with something that is not JSON ({exc}); it began with "
+            f"{worker.redact.quote(raw, 120)!r}",
+            retryable=False,
+        ) from exc
+    if isinstance(doc, dict) and "model" in doc:
+        doc["model"] = call.body.get("model")
+    return orjson.dumps(doc)
+
+
+async def collect(worker: Worker, req: WorkerRequest, response: Response, limits: Limits) -> str:
+    """Read a streamed answer to its end and join its text (for a client that wants it whole)."""
+    parts: list[str] = []
+    try:
+        async for text in texts(_counted(response, limits), req.op, limits.max_stream_line_bytes):
+            parts.append(text)
+    except WorkerReported as exc:
+        raise AttemptFailed(exc.describe(worker.redact), retryable=True) from exc
+    except ExtractError as exc:
+        raise AttemptFailed(exc.describe(worker.redact), retryable=False) from exc
+    except TooLarge as exc:
+        raise AttemptFailed(
+            f"the streamed answer is over the {limits.max_response_bytes}-byte max_response_bytes",
+            retryable=False,
+        ) from exc
+    except TimeoutError as exc:
+        raise AttemptFailed(
+            f"the streamed answer stalled or ran past {limits.stream_timeout_s:g}s",
+            retryable=True,
+            timed_out=True,
+        ) from exc
+    except HTTPClientError as exc:
+        raise AttemptFailed(
+            f"the worker broke off its answer ({exc or type(exc).__name__})", retryable=True
+        ) from exc
+    finally:
+        response.release()
+    return "".join(parts)
+
+
+async def _counted(response: Response, limits: Limits) -> AsyncIterator[bytes]:
+    limit, size = limits.max_response_bytes, 0
+    async for chunk in response.chunks():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"over {limit} bytes")
+        yield chunk

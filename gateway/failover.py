@@ -1,0 +1,247 @@
+"""The failover loop: pick workers of a pool, attempt each in turn, report a typed outcome.
+
+An attempt that fails before anything reached the client (connect error, timeout, HTTP 429 or
+5xx) moves on to the next worker of the pool, up to `max_tries`, all within the request's
+`request_timeout_s`; the error finally raised lists every attempt. Once a stream has begun,
+nothing is retried (gateway/stream.py). Failures feed passive health (gateway/worker.py).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gateway.attempt import (
+    AttemptFailed,
+    Limits,
+    collect,
+    extract_text,
+    extract_value,
+    read_whole,
+    rename_json,
+    send,
+)
+from gateway.calls import Call, WorkerRequest, prepare
+from gateway.errors import (
+    InvalidRequest,
+    NoHealthyWorker,
+    Overloaded,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.http1 import Client
+from gateway.metrics import Metrics
+from gateway.pool import Pool, QueueFull
+from gateway.stream import Slot, Stream
+from gateway.worker import Ejection, Worker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete (non-streamed) answer."""
+
+    worker: Worker
+    tries: int
+    upstream_s: float
+    text: str = ""  # the extracted text (translated calls)
+    value: Any = None  # the extracted JSON value (embeddings)
+    raw: bytes | None = None  # the worker's own JSON body (passthrough calls)
+
+
+Attempt = Callable[[Slot, WorkerRequest, float, float], Awaitable[T]]
+
+
+class Failover:
+    """Answers calls from the workers of a pool over one keep-alive client (gateway/http1/)."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        limits: Limits,
+        ejection: Ejection,
+        max_tries: int,
+        request_timeout_s: float,
+        queue_timeout_s: float = 5.0,
+        panic: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._client = client
+        self._limits = limits
+        self.ejection = ejection
+        self._max_tries = max_tries
+        self._request_timeout_s = request_timeout_s
+        self._queue_timeout_s = queue_timeout_s
+        self._panic = panic
+        self._metrics = metrics
+
+    async def complete(self, pool: Pool, call: Call) -> Answer:
+        """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
+        client, limits = self._client, self._limits
+
+        async def attempt(slot: Slot, req: WorkerRequest, timeout_s: float, until: float) -> Answer:
+            worker = slot.worker
+            started = time.perf_counter()
+            if req.streamed:  # a stream joined for this client
+                deadline = min(until, _now() + limits.stream_timeout_s)
+                response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
+                text = await collect(worker, req, response, limits)
+                return Answer(worker, 0, time.perf_counter() - started, text=text)
+            deadline = min(until, _now() + timeout_s)
+            response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
+            raw = await read_whole(response, limits, timeout_s)
+            elapsed = time.perf_counter() - started
+            if req.passthrough:
+                return Answer(worker, 0, elapsed, raw=rename_json(raw, worker, call))
+            if call.op == "embedding":
+                value = await extract_value(worker, req, raw, limits)
+                return Answer(worker, 0, elapsed, value=value)
+            return Answer(worker, 0, elapsed, text=await extract_text(worker, req, raw, limits))
+
+        answer, tries = await self._run(pool, call, attempt, hold=False)
+        return Answer(
+            answer.worker, tries, answer.upstream_s, answer.text, answer.value, answer.raw
+        )
+
+    async def open_stream(self, pool: Pool, call: Call) -> Stream:
+        """Start a streamed answer, failing over until a worker accepts the request.
+
+        A worker that answers whole is read here, before the client's stream begins, so its
+        failures are still failed over and told as an HTTP status.
+        """
+        client, limits, ejection = self._client, self._limits, self.ejection
+
+        async def attempt(slot: Slot, req: WorkerRequest, timeout_s: float, until: float) -> Stream:
+            worker = slot.worker
+            if req.streamed:
+                deadline = min(until, _now() + limits.stream_timeout_s)
+                response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
+                return Stream(
+                    slot,
+                    req,
+                    response,
+                    ejection=ejection,
+                    max_line_bytes=limits.max_stream_line_bytes,
+                    tries=0,
+                )
+            deadline = min(until, _now() + timeout_s)
+            response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
+            raw = await read_whole(response, limits, timeout_s)
+            text = await extract_text(worker, req, raw, limits)
+            return Stream(
+                slot,
+                req,
+                None,
+                text=text,
+                ejection=ejection,
+                max_line_bytes=limits.max_stream_line_bytes,
+                tries=0,
+            )
+
+        stream, tries = await self._run(pool, call, attempt, hold=True)
+        stream.tries = tries
+        return stream
+
+    async def _run(
+        self, pool: Pool, call: Call, attempt: Attempt[T], *, hold: bool
+    ) -> tuple[T, int]:
+        until = _now() + self._request_timeout_s
+        candidates = await self._candidates(pool, call, until)
+        failures: list[str] = []
+        timed_out = True
+        metrics = self._metrics
+        for tries, worker in enumerate(candidates, start=1):
+            remaining_s = until - _now()
+            if remaining_s <= 0:
+                failures.append(f"the request's {self._request_timeout_s:g}s deadline passed")
+                break
+            if tries > 1 and metrics is not None:
+                metrics.retry(pool.model)
+            timeout_s = min(worker.record.timeout_s, remaining_s)
+            slot = Slot(pool, worker, metrics)
+            try:
+                result = await attempt(slot, prepare(worker, call), timeout_s, until)
+            except AttemptFailed as exc:
+                slot.release()
+                reason = worker.redact(exc.reason)
+                self._failed(pool, worker, exc, reason, time.perf_counter() - slot.sent_at)
+                failures.append(f"{worker.label}: {reason}")
+                timed_out = timed_out and exc.timed_out
+                if not exc.retryable:
+                    break
+                continue
+            except BaseException:
+                slot.release()
+                raise
+            if metrics is not None:
+                elapsed = time.perf_counter() - slot.sent_at
+                metrics.observe_upstream(pool.model, worker.label, 200, elapsed)
+            if not hold:  # a Stream keeps the worker's slot until it is closed
+                slot.release()
+                worker.stats.succeeded()
+            return result, tries
+        summary = "; ".join(failures)
+        noun = "try" if len(failures) == 1 else f"all {len(failures)} tries"
+        message = f"model {pool.model!r}: {noun} failed: {summary}"
+        if timed_out:
+            raise UpstreamTimeout(message)
+        raise UpstreamError(message)
+
+    def _failed(
+        self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, elapsed_s: float
+    ) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            outcome = exc.status or ("timeout" if exc.timed_out else "error")
+            metrics.observe_upstream(pool.model, worker.label, outcome, elapsed_s)
+        stats = worker.stats
+        if stats.failed(reason, self.ejection if exc.ejectable else None):
+            log.warning(
+                "ejected worker %s of %s after %d failures in a row: %s",
+                worker.label,
+                pool.model,
+                stats.consecutive_failures,
+                reason,
+            )
+            if metrics is not None:
+                metrics.ejected(pool.model, worker.label)
+
+    async def _candidates(self, pool: Pool, call: Call, until: float) -> list[Worker]:
+        op = call.op
+        while True:
+            candidates = pool.candidates(op, self._max_tries, panic=self._panic)
+            if candidates:
+                return candidates
+            if op != "chat" and not pool.able(op):
+                raise InvalidRequest(
+                    f"model {pool.model!r} has no worker that serves {op}s; register an "
+                    'openai or ollama preset worker for it ("preset": "openai")'
+                )
+            if not pool.all_busy(op):
+                raise NoHealthyWorker(
+                    f"model {pool.model!r} has no healthy worker right now (all are down or "
+                    "ejected after failures); retry after the Retry-After delay",
+                    headers={"Retry-After": str(pool.retry_after_s())},
+                )
+            wait_s = min(self._queue_timeout_s, until - _now())
+            try:
+                if wait_s <= 0:
+                    raise TimeoutError
+                await pool.wait_for_room(wait_s)
+            except (TimeoutError, QueueFull):
+                raise Overloaded(
+                    f"every worker of model {pool.model!r} is at its max_concurrency and the "
+                    "wait for a free one ran out; retry shortly",
+                    headers={"Retry-After": "1"},
+                ) from None
+
+
+def _now() -> float:
+    # The worker client's deadlines are on the loop's clock.
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,124 @@
+"""A registered worker as the request path sees it: compiled plan, live stats, passive health.
+
+Passive health counts what real requests see: `Ejection.after_failures` failures in a row
+(connect errors, timeouts, 5xx) take a worker out of rotation for a back-off that doubles
+with each ejection in a row, up to `Ejection.max_s`. A success resets the count. The active
+health checker (gateway/health.py) sets `active`; a worker it sees come back is forgiven at
+once.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from yarl import URL
+
+from gateway.redact import Redactor
+from registry import Health, WorkerRecord
+from templates import OperationName, WorkerPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Passive health: how many consecutive failures eject a worker, and for how long."""
+
+    after_failures: int = 3
+    base_s: float = 5.0
+    max_s: float = 300.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Live state of one worker in this process."""
+
+    in_flight: int = 0
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str = ""  # always redacted: it is shown in the listing
+    last_error_at: float | None = None
+    ejected_until: float = 0.0  # time.monotonic() deadline; 0 when not ejected
+    ejections: int = 0  # consecutive ejections; the back-off doubles with each
+    active: Literal["unknown", "up", "down"] = "unknown"
+    active_since: float | None = None
+    active_reason: str = ""
+
+    def succeeded(self) -> None:
+        self.successes += 1
+        self.consecutive_failures = 0
+        self.ejections = 0
+
+    def failed(self, reason: str, ejection: Ejection | None) -> bool:
+        """Count a failure; return True when it ejects the worker."""
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = reason
+        self.last_error_at = time.time()
+        if ejection is None or self.consecutive_failures < ejection.after_failures:
+            return False
+        if self.ejected_until > time.monotonic():
+            return False
+        backoff_s = min(ejection.base_s * 2**self.ejections, ejection.max_s)
+        self.ejected_until = time.monotonic() + backoff_s
+        self.ejections += 1
+        return True
+
+    def state(self, now: float) -> str:
+        if self.active == "down":
+            return "down"
+        if self.ejected_until > now:
+            return "ejected"
+        return "up" if self.active == "up" else "unknown"
+
+    def probed(self, health: Health | None) -> None:
+        """Take the active health checker's view of the worker."""
+        if health is None:
+            self.active, self.active_since, self.active_reason = "unknown", None, ""
+            return
+        if health.state == "up" and self.active == "down":
+            # The worker is back: forget the passive ejection too, so it carries traffic now.
+            self.ejected_until = 0.0
+            self.ejections = 0
+            self.consecutive_failures = 0
+        self.active, self.active_since, self.active_reason = (
+            health.state,
+            health.since,
+            health.reason,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A registered worker compiled for the hot path."""
+
+    record: WorkerRecord
+    plan: WorkerPlan
+    label: str  # scheme://host:port/path, safe to show (no query, no credentials)
+    probe_target: str  # what an active health probe checks: the health URL, or host:port
+    redact: Redactor  # hides the worker's own secrets in anything it sends back
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def healthy(self, now: float) -> bool:
+        stats = self.stats
+        return stats.active != "down" and stats.ejected_until <= now
+
+    def has_room(self) -> bool:
+        limit = self.record.max_concurrency
+        return limit is None or self.stats.in_flight < limit
+
+    def serves(self, op: OperationName) -> bool:
+        return op in self.plan.operations
+
+    @classmethod
+    def compile(cls, record: WorkerRecord, stats: WorkerStats | None = None) -> "Worker":
+        plan = record.compile()
+        url = URL(plan.operations["chat"].url)
+        label = f"{url.scheme}://{url.host}:{url.port}{url.path}"
+        base = URL(plan.base_url)
+        target = record.health_url or f"tcp://{base.host}:{base.port}"
+        redact = Redactor.of(record.header.values(), (record.req_url_template, record.health_url))
+        return cls(record, plan, label, target, redact, stats or WorkerStats())
