@@ -13,8 +13,9 @@ read the answers. `browser_guard(settings)` builds the middleware that refuses t
 - a body on an admin route that is not JSON (`application/json` or `+json`): 415. A page
   cannot send a JSON body without a CORS preflight, which the gateway never grants.
 
-A request without Origin, on a route family that is not admin, pays two or three header
-lookups; accepted Host values are remembered, so the Host check is one set lookup.
+A request without Origin pays a few header lookups: accepted Host values are remembered (the
+Host check is one set lookup), and the route catalogue is asked only about a body that is
+not JSON.
 """
 
 import ipaddress
@@ -65,9 +66,9 @@ def browser_guard(settings: Settings) -> Middleware:
                     )
             elif headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
                 raise Forbidden(
-                    "a cross-site request from a web page (Sec-Fetch-Site: cross-site) may not "
-                    "change anything here; send it from the page's origin listed in "
-                    "allowed_origins (GATEWAY_ALLOWED_ORIGINS)"
+                    "a cross-site request from a web page (Sec-Fetch-Site: cross-site) without "
+                    "an Origin header may not change anything here; a page that should must "
+                    "send its Origin, listed in allowed_origins (GATEWAY_ALLOWED_ORIGINS)"
                 )
         if request.body_exists:
             content_type = headers.get("Content-Type")
@@ -101,6 +102,8 @@ def is_json(content_type: str | None) -> bool:
     """Whether a Content-Type header value names JSON (application/json or a +json type)."""
     if content_type is None:
         return False
+    if content_type == "application/json":
+        return True
     media = content_type.partition(";")[0].strip().lower()
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")

@@ -105,8 +105,8 @@ class MalformedRequestFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        exc = _parse_error(record.exc_info[1] if record.exc_info else None)
+        if exc is None:
             return True
         args = record.args
         peer = args[0] if isinstance(args, tuple) and args else "an unknown peer"
@@ -116,6 +116,15 @@ class MalformedRequestFilter(logging.Filter):
         if record.levelno > logging.INFO:  # a client's mistake, not the gateway's
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
+
+
+def _parse_error(exc: BaseException | None) -> HttpProcessingError | None:
+    """Return the parser's error in `exc`'s chain (a body error arrives wrapped), or None."""
+    for _ in range(5):
+        if exc is None or isinstance(exc, HttpProcessingError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _reason(exc: HttpProcessingError) -> str:

@@ -100,7 +100,11 @@ def test_bad_allowlist_entries_stop_the_start(entry: str) -> None:
 async def test_health_url_outside_the_list_is_refused(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway(worker_allowlist="10.0.0.0/8")
     async with gateway.client() as http:
-        body = {"model_name": "q", "preset": "openai", "req_url_template": "http://10.1.2.3:8000/v1"}
+        body = {
+            "model_name": "q",
+            "preset": "openai",
+            "req_url_template": "http://10.1.2.3:8000/v1",
+        }
         for health_url, shown in (
             ("http://127.0.0.1:9/health", "health_url host '127.0.0.1' is outside"),
             ("http://localhost:9/health", "health_url host 'localhost' (it resolves to"),

@@ -40,7 +40,8 @@ async def test_cross_origin_simple_post_cannot_change_the_registry(
             assert body["success"] is False and body["code"] == "forbidden"
             assert "'https://evil.example'" in body["msg"] and "allowed_origins" in body["msg"]
         offline = await http.post(
-            "/api/server/offline", json={"model_name": "m", "req_url_template": "x"},
+            "/api/server/offline",
+            json={"model_name": "m", "req_url_template": "x"},
             headers={"Origin": "null"},
         )
         assert offline.status_code == 403
@@ -77,7 +78,9 @@ async def test_cross_origin_posts_are_refused_in_each_route_family_shape(
 async def test_without_origin_and_from_a_listed_origin_posts_pass(
     make_gateway: GatewayFactory, make_worker: WorkerFactory
 ) -> None:
-    gateway = await make_gateway(allowed_origins="http://localhost:3000, https://App.example.com:443/")
+    gateway = await make_gateway(
+        allowed_origins="http://localhost:3000, https://App.example.com:443/"
+    )
     worker = await make_worker(name="w")
     async with gateway.client() as http:
         plain = await register(http, seed_registration("a", worker))  # curl, SDKs: no Origin
@@ -132,9 +135,9 @@ async def test_the_guard_answers_before_access_control(make_gateway: GatewayFact
             headers={"Origin": EVIL, "Authorization": f"Bearer {ADMIN}"},
         )
         assert reply.status_code == 403 and "allowed_origins" in reply.json()["msg"]
-        assert (await http.get("/api/server/keys", headers={"Authorization": f"Bearer {ADMIN}"})).json()[
-            "data"
-        ] == []
+        assert (
+            await http.get("/api/server/keys", headers={"Authorization": f"Bearer {ADMIN}"})
+        ).json()["data"] == []
 
 
 @pytest.mark.parametrize(
