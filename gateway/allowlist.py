@@ -4,7 +4,8 @@ Entries are IP addresses or CIDR networks (`10.0.0.0/8`, `fd00::/8`), host names
 (`models.internal`) and subdomain wildcards (`*.models.internal`). A worker passes when the host
 of every URL it would be called at is a listed name or matches a wildcard, is an IP address
 inside a listed network, or is a name whose every resolved address is inside a listed network.
-No placeholder may decide the host, or a prompt could pick where the gateway connects.
+No placeholder may decide the host, or a prompt could pick where the gateway connects. The
+worker's `health_url` is checked the same way: the gateway probes it every few seconds.
 
 This is checked at registration only: a name that later resolves elsewhere is not re-checked
 (list networks, not names, where that matters), and workers registered before the list was
@@ -63,20 +64,23 @@ class AllowList:
         if not self.enabled:
             return
         for host, port in _hosts(spec):
-            await self._check_host(host, port)
+            await self._check_host(host, port, "worker host")
+        if spec.health_url is not None:
+            host, port = _health_host(spec.health_url)
+            await self._check_host(host, port, "health_url host")
 
-    async def _check_host(self, host: str, port: int) -> None:
+    async def _check_host(self, host: str, port: int, what: str) -> None:
         name = _normal(host)
         if name in self.names or name.endswith(self.suffixes):
             return
         literal = _address(name)
-        addresses = [literal] if literal is not None else await _resolve(name, port)
+        addresses = [literal] if literal is not None else await _resolve(name, port, what)
         outside = [str(a) for a in addresses if not self._inside(a)]
         if outside:
             where = "" if literal is not None else f" (it resolves to {', '.join(outside)})"
             raise WorkerNotAllowed(
-                f"worker host {host!r}{where} is outside the gateway's worker_allowlist; "
-                "register a worker on an allowed host or ask the operator to extend the list"
+                f"{what} {host!r}{where} is outside the gateway's worker_allowlist; "
+                "use a host inside the list, or ask the operator to extend it"
             )
 
     def _inside(self, address: Address) -> bool:
@@ -110,6 +114,16 @@ def _hosts(spec: WorkerSpec) -> set[tuple[str, int]]:
     return found
 
 
+def _health_host(health_url: str) -> tuple[str, int]:
+    try:
+        url = URL(health_url)
+    except ValueError as exc:
+        raise WorkerNotAllowed(f"health_url is not a valid URL ({exc}); fix it") from None
+    if not url.host:
+        raise WorkerNotAllowed("health_url has no host; write it as http://host:port/path")
+    return url.host, url.port or 80
+
+
 def _normal(name: str) -> str:
     return name.strip().lower().rstrip(".")
 
@@ -121,14 +135,14 @@ def _address(host: str) -> Address | None:
         return None
 
 
-async def _resolve(host: str, port: int) -> list[Address]:
+async def _resolve(host: str, port: int, what: str) -> list[Address]:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError) as exc:
         raise WorkerNotAllowed(
-            f"worker host {host!r} could not be resolved to check it against the gateway's "
+            f"{what} {host!r} could not be resolved to check it against the gateway's "
             f"worker_allowlist ({exc or 'timed out'}); use a host that resolves, or an IP address"
         ) from None
     addresses: list[Address] = []
@@ -137,5 +151,5 @@ async def _resolve(host: str, port: int) -> list[Address]:
         if address is not None:
             addresses.append(address)
     if not addresses:
-        raise WorkerNotAllowed(f"worker host {host!r} resolves to no IP address")
+        raise WorkerNotAllowed(f"{what} {host!r} resolves to no IP address")
     return addresses

@@ -15,6 +15,7 @@ from gateway import openapi
 from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
+from gateway.browser import browser_guard
 from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.failover import Failover
@@ -61,9 +62,16 @@ def create_app(settings: Settings) -> web.Application:
     Raises MetricsConfigError when multiprocess metrics are set up wrongly.
     """
     # Outermost first: observe sees every answer (errors rendered by error_middleware, which
-    # also renders the 401/403/429 raised by access_middleware).
+    # also renders the 403/415 of the browser guard and the 401/403/429 of access_middleware).
+    # The browser guard comes before access control: a page's request is refused before it
+    # costs a key lookup or a rate-limit slot, and whatever the credentials.
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, access_middleware],
+        middlewares=[
+            observe_middleware,
+            error_middleware,
+            browser_guard(settings),
+            access_middleware,
+        ],
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings

@@ -5,10 +5,12 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from gateway.app import create_app, server_options
@@ -95,6 +97,51 @@ def _raise_open_file_limit() -> None:
             log.warning("open-file limit is %d; raise it (ulimit -n) for many streams", soft)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """Rewrite aiohttp's log of a malformed request into one line without the request's bytes.
+
+    aiohttp logs "Error handling request from <peer>" at ERROR with the parser's exception,
+    whose message quotes the offending raw line: an Authorization header, secret and all.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = _parse_error(record.exc_info[1] if record.exc_info else None)
+        if exc is None:
+            return True
+        args = record.args
+        peer = args[0] if isinstance(args, tuple) and args else "an unknown peer"
+        record.msg = "malformed request from %s: %s"
+        record.args = (peer, _reason(exc))
+        record.exc_info = record.exc_text = record.stack_info = None
+        if record.levelno > logging.INFO:  # a client's mistake, not the gateway's
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _parse_error(exc: BaseException | None) -> HttpProcessingError | None:
+    """Return the parser's error in `exc`'s chain (a body error arrives wrapped), or None."""
+    for _ in range(5):
+        if exc is None or isinstance(exc, HttpProcessingError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _reason(exc: HttpProcessingError) -> str:
+    # Parser messages put the request's bytes after a colon or in quotes ("Invalid header
+    # value char:\n\n  b'...'", "Bad status line '...'"): keep only the words before them.
+    words = re.split(r"[:'\"\n\\]", exc.message or "", maxsplit=1)[0].strip()[:100]
+    name = type(exc).__name__
+    return f"{words} ({name})" if words else name
+
+
+def quiet_malformed_requests() -> None:
+    """Keep raw request bytes out of the log: filter aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
+
+
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     """Run one gateway process until SIGINT or SIGTERM."""
     _raise_open_file_limit()
@@ -105,6 +152,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_malformed_requests()
     # The access log is one JSON document per line, with nothing around it.
     access = logging.getLogger("gateway.access")
     access_handler = logging.StreamHandler()

@@ -11,6 +11,7 @@
     ├── MethodNotAllowed     405
     ├── Conflict             409  worker already registered
     ├── PayloadTooLarge      413
+    ├── UnsupportedMediaType 415  a body that is not JSON where only JSON is taken (admin routes)
     ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
     │   └── WorkerNotAllowed 422  the worker's host is outside worker_allowlist
     ├── Overloaded           429  every worker of the model is at its max_concurrency
@@ -99,6 +100,10 @@ class Conflict(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status, code, openai_type = 413, "payload_too_large", "invalid_request_error"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, code, openai_type = 415, "unsupported_media_type", "invalid_request_error"
 
 
 class InvalidRequest(GatewayError):

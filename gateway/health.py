@@ -2,7 +2,8 @@
 
 Probes run in one gateway process at a time: the holder of a lease in Redis. Another process
 takes the lease over within `probe_lease_s` when the holder dies. A probe is a GET of the
-worker's `health_url` (2xx is healthy) or, without one, a TCP connect to its host and port.
+worker's `health_url` (2xx is healthy; redirects are not followed, a 3xx is down; the body is
+not read) or, without one, a TCP connect to its host and port.
 A worker goes down after `probe_fall` failed probes in a row and up after `probe_rise`
 good ones; each change is written to Redis and reaches every process as a change event.
 
@@ -129,9 +130,20 @@ class HealthChecker:
         try:
             if url:
                 timeout = aiohttp.ClientTimeout(total=timeout_s)
-                async with self._session.get(url, timeout=timeout) as response:
+                # A followed redirect would let a worker's answer point the gateway at any host
+                # (and its up/down state tell whether that host answers). The body is never
+                # read: leaving the block releases the response, closing the connection when
+                # the body has not all arrived.
+                async with self._session.get(
+                    url, timeout=timeout, allow_redirects=False
+                ) as response:
                     if response.status < 300:
                         return True, ""
+                    if response.status < 400:
+                        return False, (
+                            f"health_url answered a redirect (HTTP {response.status}); "
+                            "point health_url at the final URL"
+                        )
                     return False, f"health_url answered HTTP {response.status}"
             target = URL(worker.plan.base_url)
             host, port = target.host or "", target.port or 80

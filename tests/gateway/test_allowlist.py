@@ -95,3 +95,25 @@ async def test_preset_workers_are_checked_too(make_gateway: GatewayFactory) -> N
 def test_bad_allowlist_entries_stop_the_start(entry: str) -> None:
     with pytest.raises(ValidationError, match="worker_allowlist"):
         Settings(worker_allowlist=[entry])
+
+
+async def test_health_url_outside_the_list_is_refused(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(worker_allowlist="10.0.0.0/8")
+    async with gateway.client() as http:
+        body = {
+            "model_name": "q",
+            "preset": "openai",
+            "req_url_template": "http://10.1.2.3:8000/v1",
+        }
+        for health_url, shown in (
+            ("http://127.0.0.1:9/health", "health_url host '127.0.0.1' is outside"),
+            ("http://localhost:9/health", "health_url host 'localhost' (it resolves to"),
+            ("http://:9/health", "health_url is not a valid URL"),
+        ):
+            reply = await http.post("/api/server/register", json={**body, "health_url": health_url})
+            assert reply.status_code == 422, health_url
+            assert reply.json()["code"] == "worker_not_allowed"
+            assert shown in reply.json()["msg"], reply.json()["msg"]
+        assert (await http.get("/api/server/workers")).json()["data"] == []
+        inside = {**body, "health_url": "https://10.9.9.9/health"}
+        assert (await http.post("/api/server/register", json=inside)).status_code == 200

@@ -44,16 +44,17 @@ async def test_header_limits_come_from_the_settings(make_gateway: GatewayFactory
 
 GARBAGE = [
     b"GARBAGE\r\n\r\n",
-    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-    b"POST /api/server/register HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /api/server/register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"POST /api/server/register HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    b"POST /api/server/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+    b"POST /api/server/register HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /api/server/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded: v\r\n\r\n",
-    b"GET \xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: v\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n folded: v\r\n\r\n",
+    b"GET \xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # a TLS hello
 ]
 
@@ -65,5 +66,6 @@ async def test_protocol_garbage_gets_4xx_and_the_gateway_goes_on(
     line = await raw_exchange(gateway, request_bytes)
     assert line == b"" or 400 <= status_of(line) < 500, line
     assert (
-        status_of(await raw_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+        status_of(await raw_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+        == 200
     )

@@ -252,7 +252,10 @@ async def test_access_log_is_off_by_default_and_sampling_keeps_5xx(
         sampled = await make_gateway(access_log=1e-9)
         async with sampled.client() as http:
             await http.get("/healthz")
-            assert (await http.post("/api/server/register", content=b"{")).status_code == 400
+            malformed = await http.post(
+                "/api/server/register", content=b"{", headers={"Content-Type": "application/json"}
+            )
+            assert malformed.status_code == 400
             reply = await http.post(
                 "/api/v1/chat/completions", json={"input": "x", "model_name": "m"}
             )
