@@ -61,7 +61,8 @@ class KeyCache:
     """API keys by hash, cached for a few seconds in a bounded dict.
 
     While Redis cannot be asked, an answer past its TTL stays in use for `grace_s` after it
-    was last given; Redis is asked again once per TTL meanwhile, not on every request.
+    was last given. After a failed lookup Redis is not asked again for a TTL, so requests
+    with cached keys do not each wait for it to fail.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class KeyCache:
         self._max_entries = max_entries
         self._on_store_error = on_store_error
         self._entries: dict[str, _Cached] = {}
+        self._store_down_until = 0.0
         self._stale_logged_at = -_STALE_LOG_EVERY_S
 
     async def find(self, secret: str) -> ApiKey | None:
@@ -91,27 +93,41 @@ class KeyCache:
         cached = self._entries.get(sha)
         if cached is not None and cached.ask_at > now:
             return cached.key
+        stale = cached if cached is not None and now < self._usable_until(cached) else None
+        if stale is not None and now < self._store_down_until:
+            return self._serve_stale(sha, stale, now)
         try:
             key = await self._store.lookup(sha)
         except StoreUnavailable as exc:
             self._on_store_error()
-            if cached is None or now >= cached.looked_up_at + self._ttl_s + self._grace_s:
+            self._store_down_until = now + self._ttl_s
+            if stale is None:
                 raise
-            self._entries[sha] = _Cached(cached.key, cached.looked_up_at, now + self._ttl_s)
             if now - self._stale_logged_at >= _STALE_LOG_EVERY_S:
                 self._stale_logged_at = now
                 log.warning(
-                    "API keys are checked against cached answers up to %.0fs old: %s",
-                    now - cached.looked_up_at,
-                    exc,
+                    "Redis is unreachable (%s): API keys are checked against answers cached "
+                    "up to %.0fs ago, for at most %.0fs",
+                    exc.__cause__ or exc,
+                    now - stale.looked_up_at,
+                    self._ttl_s + self._grace_s,
                 )
-            return cached.key
+            return self._serve_stale(sha, stale, now)
         if self._ttl_s > 0:
             self._entries.pop(sha, None)
             while len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]  # the oldest entry
             self._entries[sha] = _Cached(key, now, now + self._ttl_s)
         return key
+
+    def _usable_until(self, cached: _Cached) -> float:
+        return cached.looked_up_at + self._ttl_s + self._grace_s
+
+    def _serve_stale(self, sha: str, cached: _Cached, now: float) -> ApiKey | None:
+        # Asked again after a TTL; never past the grace, which counts from the last answer.
+        ask_at = min(now + self._ttl_s, self._usable_until(cached))
+        self._entries[sha] = _Cached(cached.key, cached.looked_up_at, ask_at)
+        return cached.key
 
     def forget(self, sha256: str) -> None:
         """Drop a key from the cache (it was just revoked here)."""

@@ -8,6 +8,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,13 +27,30 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _registers(client: httpx.AsyncClient, body: dict[str, object], **kw: object) -> bool:
-    return (await client.post("/api/server/register", json=body, **kw)).status_code == 200  # type: ignore[arg-type]
+async def _registers(client: httpx.AsyncClient, body: dict[str, Any], **kw: Any) -> bool:
+    return (await client.post("/api/server/register", json=body, **kw)).status_code == 200
 
 
-async def _models(client: httpx.AsyncClient, **kw: object) -> list[str]:
-    listing = (await client.get("/api/server/workers", **kw)).json()["data"]  # type: ignore[arg-type]
+async def _models(client: httpx.AsyncClient, **kw: Any) -> list[str]:
+    listing = (await client.get("/api/server/workers", **kw)).json()["data"]
     return sorted(w["model_name"] for w in listing)
+
+
+async def _models_are(client: httpx.AsyncClient, expected: list[str], **kw: Any) -> bool:
+    return await _models(client, **kw) == expected
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/readyz")).status_code == 200
+
+
+def _chat(model: str) -> dict[str, str]:
+    return {"input": "hi", "model_name": model}
+
+
+async def _pid(client: httpx.AsyncClient) -> int:
+    pid: int = (await client.get("/healthz")).json()["pid"]
+    return pid
 
 
 def _restarts_counted(scrape: str) -> float:
@@ -69,23 +87,6 @@ async def test_killed_embedded_valkey_is_restarted_and_keeps_the_registry(
         ] == "w: hi"
         assert _restarts_counted((await client.get("/metrics")).text) == 1
     assert f"embedded Redis (valkey, pid {killed}) exited with code -9" in caplog.text
-
-
-async def _models_are(client: httpx.AsyncClient, expected: list[str], **kw: object) -> bool:
-    return await _models(client, **kw) == expected
-
-
-async def _ready(client: httpx.AsyncClient) -> bool:
-    return (await client.get("/readyz")).status_code == 200
-
-
-def _chat(model: str) -> dict[str, str]:
-    return {"input": "hi", "model_name": model}
-
-
-async def _pid(client: httpx.AsyncClient) -> int:
-    pid: int = (await client.get("/healthz")).json()["pid"]
-    return pid
 
 
 @pytest.mark.slow
@@ -191,7 +192,7 @@ async def test_processes_parent_restarts_a_killed_embedded_valkey(
     tmp_path: Path,
 ) -> None:
     served: Served = start(data_dir, tmp_path, "--processes", "2")
-    body = {
+    body: dict[str, Any] = {
         "model_name": "before",
         "req_url_template": "http://127.0.0.1:9/gen",
         "body": {"input": "{USER_PROMPT}"},
