@@ -54,6 +54,10 @@ from registry import (
 log = logging.getLogger(__name__)
 
 _REDIS_URL = web.AppKey("redis_url", str)
+# The embedded Redis this process runs, when no URL is configured.
+EMBEDDED_REDIS = web.AppKey("embedded_redis", EmbeddedRedis)
+# How often the embedded Redis is checked for having exited.
+_EMBEDDED_WATCH_S = 0.5
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -178,10 +182,22 @@ async def _redis_server(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir,
     )
     app[_REDIS_URL] = server.url
+    app[EMBEDDED_REDIS] = server
+    app[METRICS].watch_embedded_redis(lambda: server.restarts)
     try:
-        yield
+        # Watched from this thread too: a restarted server must be tied to it as well.
+        async with _background("embedded-redis", lambda stop: _watch_embedded(server, stop)):
+            yield
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def _watch_embedded(server: EmbeddedRedis, stop: asyncio.Event) -> None:
+    # Restarting is logged by the server; the client reconnects and the follower resyncs.
+    while not stop.is_set():
+        await pause(stop, _EMBEDDED_WATCH_S)
+        if not stop.is_set():
+            server.watch()
 
 
 async def _redis_client(app: web.Application) -> AsyncIterator[None]:

@@ -13,15 +13,19 @@ A route missing from the catalogue counts as an admin route (closed by default).
 
 Keys are looked up by their SHA-256 and the answer (found or not) is cached in the process
 for `api_key_cache_ttl_s`, so a revoked key stops working in every process within that time,
-and at once in the process that revoked it. If Redis fails while counting a request against
-its limits, the request is let through (the key itself was already verified) and the failure
-is counted in `gateway_redis_errors_total{component="rate_limit"}`.
+and at once in the process that revoked it. While Redis is unreachable an answer past its TTL
+is kept for up to `api_key_cache_grace_s` more (inference goes on for the keys in use); a key
+with no answer in the cache then gets 503. Each failed lookup is counted in
+`gateway_redis_errors_total{component="api_key"}`. If Redis fails while counting a request
+against its limits, the request is let through (the key itself was already verified) and the
+failure is counted in `gateway_redis_errors_total{component="rate_limit"}`.
 """
 
 import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway.endpoints import Access, Handler
 from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.errors import StoreUnavailable as KeysUnavailable
 from gateway.metrics import Metrics
 from gateway.observe import TRACE
 from gateway.settings import Settings
@@ -41,35 +46,88 @@ log = logging.getLogger(__name__)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="llm-gateway"'}
 
 
+# While Redis is down, say so in the log at most this often, not on every request.
+_STALE_LOG_EVERY_S = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    expires_at: float
     key: ApiKey | None
+    looked_up_at: float  # when Redis last gave this answer
+    ask_at: float  # when to ask Redis again
 
 
 class KeyCache:
-    """API keys by hash, cached for a few seconds in a bounded dict."""
+    """API keys by hash, cached for a few seconds in a bounded dict.
 
-    def __init__(self, store: ApiKeyStore, *, ttl_s: float, max_entries: int) -> None:
+    While Redis cannot be asked, an answer past its TTL stays in use for `grace_s` after it
+    was last given. After a failed lookup Redis is not asked again for a TTL, so requests
+    with cached keys do not each wait for it to fail.
+    """
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        *,
+        ttl_s: float,
+        max_entries: int,
+        grace_s: float = 0.0,
+        on_store_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._ttl_s = ttl_s
+        self._grace_s = grace_s
         self._max_entries = max_entries
+        self._on_store_error = on_store_error
         self._entries: dict[str, _Cached] = {}
+        self._store_down_until = 0.0
+        self._stale_logged_at = -_STALE_LOG_EVERY_S
 
     async def find(self, secret: str) -> ApiKey | None:
-        """Return the live key whose secret is `secret`, or None."""
+        """Return the live key whose secret is `secret`, or None.
+
+        Raises StoreUnavailable when Redis cannot be asked and no answer may stand in.
+        """
         sha = hash_key(secret)
         now = time.monotonic()
         cached = self._entries.get(sha)
-        if cached is not None and cached.expires_at > now:
+        if cached is not None and cached.ask_at > now:
             return cached.key
-        key = await self._store.lookup(sha)
+        stale = cached if cached is not None and now < self._usable_until(cached) else None
+        if stale is not None and now < self._store_down_until:
+            return self._serve_stale(sha, stale, now)
+        try:
+            key = await self._store.lookup(sha)
+        except StoreUnavailable as exc:
+            self._on_store_error()
+            self._store_down_until = now + self._ttl_s
+            if stale is None:
+                raise
+            if now - self._stale_logged_at >= _STALE_LOG_EVERY_S:
+                self._stale_logged_at = now
+                log.warning(
+                    "Redis is unreachable (%s): API keys are checked against answers cached "
+                    "up to %.0fs ago, for at most %.0fs",
+                    exc.__cause__ or exc,
+                    now - stale.looked_up_at,
+                    self._ttl_s + self._grace_s,
+                )
+            return self._serve_stale(sha, stale, now)
         if self._ttl_s > 0:
             self._entries.pop(sha, None)
             while len(self._entries) >= self._max_entries:
                 del self._entries[next(iter(self._entries))]  # the oldest entry
-            self._entries[sha] = _Cached(now + self._ttl_s, key)
+            self._entries[sha] = _Cached(key, now, now + self._ttl_s)
         return key
+
+    def _usable_until(self, cached: _Cached) -> float:
+        return cached.looked_up_at + self._ttl_s + self._grace_s
+
+    def _serve_stale(self, sha: str, cached: _Cached, now: float) -> ApiKey | None:
+        # Asked again after a TTL; never past the grace, which counts from the last answer.
+        ask_at = min(now + self._ttl_s, self._usable_until(cached))
+        self._entries[sha] = _Cached(cached.key, cached.looked_up_at, ask_at)
+        return cached.key
 
     def forget(self, sha256: str) -> None:
         """Drop a key from the cache (it was just revoked here)."""
@@ -87,7 +145,11 @@ class Guard:
         self._store = store
         self._metrics = metrics
         self.cache = KeyCache(
-            store, ttl_s=settings.api_key_cache_ttl_s, max_entries=settings.api_key_cache_size
+            store,
+            ttl_s=settings.api_key_cache_ttl_s,
+            max_entries=settings.api_key_cache_size,
+            grace_s=settings.api_key_cache_grace_s,
+            on_store_error=lambda: metrics.redis_error("api_key"),
         )
 
     @property
@@ -121,7 +183,14 @@ class Guard:
     async def check_key(self, request: web.Request) -> ApiKey:
         """Return the request's live API key, or raise 401/403."""
         given = self._bearer(request, "inference", "an API key")
-        key = await self.cache.find(given)
+        try:
+            key = await self.cache.find(given)
+        except StoreUnavailable as exc:
+            raise KeysUnavailable(
+                "the API key cannot be checked: the key store (Redis) is unreachable and this "
+                "gateway process has not seen the key recently; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from exc
         if key is None:
             self._metrics.auth_refused("inference", "rejected")
             raise Forbidden(

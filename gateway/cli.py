@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from gateway.app import create_app, server_options
 from gateway.metrics import MetricsConfigError
 from gateway.settings import Settings, load_settings
-from gateway.supervisor import CHILD_FLAG, processes_arg, supervise
+from gateway.supervisor import CHILD_FLAG, processes_arg, read_child_settings, supervise
 from registry import EmbeddedRedisError
 
 log = logging.getLogger("gateway")
@@ -46,16 +46,21 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway processes sharing the port: a number or 'auto', one per CPU "
         "(GATEWAY_PROCESSES, default 1)",
     )
-    serve.add_argument(CHILD_FLAG, type=Path, help=argparse.SUPPRESS)
+    serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command."""
     args = _parser().parse_args(argv)
-    if args.child_settings is not None:
-        # A process started by the supervisor: its settings are the parent's, already merged.
-        settings = Settings.model_validate_json(args.child_settings.read_text())
+    if args.child:
+        # A process started by the supervisor: its settings are the parent's, already merged,
+        # sent on stdin (secrets included, so never on the command line or in a file).
+        try:
+            settings = read_child_settings(sys.stdin.buffer.read())
+        except ValidationError as exc:
+            print(f"llm-gateway: invalid settings from the parent:\n{exc}", file=sys.stderr)
+            return 2
         return serve(settings, reuse_port=True)
     cli = {
         "host": args.host,

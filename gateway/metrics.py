@@ -4,7 +4,8 @@ Labels stay bounded: `model` is a registered model (or "unknown"), `worker` a wo
 (scheme://host:port/path, never a header or a query), `route` a route template. With several
 processes, each writes its values to files in `metrics_multiproc_dir` (prometheus_client's
 multiprocess mode, switched on by PROMETHEUS_MULTIPROC_DIR in every process's environment)
-and a scrape of any process sums them.
+and a scrape of any process sums them. There the parent (`--processes N`) owns the embedded
+Redis and writes how often it restarted it to `EMBEDDED_RESTARTS_FILE` in that directory.
 """
 
 import contextlib
@@ -23,12 +24,16 @@ from prometheus_client import (
     multiprocess,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 RegistrySize = Callable[[], Mapping[str, int]]  # model -> number of its workers
 WorkerHealth = Callable[[], Iterable[tuple[str, str, str]]]  # (model, worker label, state)
 WorkerLoad = Callable[[], Iterable[tuple[str, str, int]]]  # (model, worker label, in flight)
+Restarts = Callable[[], int]  # times the embedded Redis was started again
+
+# In the multiprocess directory, not a `.db` file: prometheus_client reads only those.
+EMBEDDED_RESTARTS_FILE = "embedded_redis_restarts"
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -64,6 +69,11 @@ class Metrics:
             )
         else:
             self._values = self.registry = CollectorRegistry()
+        self._restarts = _RestartsCollector()
+        self.registry.register(self._restarts)
+        if multiproc_dir is not None and (multiproc_dir / EMBEDDED_RESTARTS_FILE).exists():
+            # The supervising parent runs the embedded Redis and counts its restarts.
+            self.watch_embedded_redis(_CountFile(multiproc_dir / EMBEDDED_RESTARTS_FILE))
         reg = self._values
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Load gauges move twice per request: counted in plain ints and written to the gauges
@@ -182,6 +192,10 @@ class Metrics:
         """Report each worker's health at each scrape, read from `health`."""
         self.registry.register(_HealthCollector(health))
 
+    def watch_embedded_redis(self, restarts: Restarts) -> None:
+        """Report how often the embedded Redis was restarted, read from `restarts` when scraped."""
+        self._restarts.source = restarts
+
     def close(self) -> None:
         """Tell the multiprocess files this process is gone (its live gauges drop out)."""
         if self._multiproc_dir is not None:
@@ -242,7 +256,7 @@ class Metrics:
     # Redis and access control.
 
     def redis_error(self, component: str) -> None:
-        """Count a failed Redis call by `component` ("follower", "request", "rate_limit")."""
+        """Count a failed Redis call by `component` ("follower", "request", "rate_limit", ...)."""
         self._redis_errors.labels(component).inc()
 
     def auth_refused(self, access: str, reason: str) -> None:
@@ -290,3 +304,39 @@ class _HealthCollector(Collector):
         for model, worker, state in self._health():
             healthy.add_metric([model, worker, state], 0 if state in ("down", "ejected") else 1)
         yield healthy
+
+
+class _RestartsCollector(Collector):
+    """Reads the embedded Redis's restart count when scraped; nothing without one."""
+
+    def __init__(self) -> None:
+        self.source: Restarts | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.source is not None:
+            yield CounterMetricFamily(
+                "gateway_embedded_redis_restarts",
+                "Times the embedded Redis (valkey) exited and was started again.",
+                value=self.source(),
+            )
+
+
+def record_embedded_restarts(multiproc_dir: Path, count: int) -> None:
+    """Write the embedded Redis's restart count for the processes sharing `multiproc_dir`."""
+    target = multiproc_dir / EMBEDDED_RESTARTS_FILE
+    partial = target.with_suffix(".partial")
+    partial.write_text(str(count), encoding="ascii")
+    os.replace(partial, target)  # a scrape never reads a half-written number
+
+
+class _CountFile:
+    """A count another process writes to a file; the last one read if it cannot be read."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._last = 0  # a counter must not go back, even when the file is briefly gone
+
+    def __call__(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self._last = max(self._last, int(self._path.read_text(encoding="ascii")))
+        return self._last

@@ -104,6 +104,8 @@ class Settings(BaseModel):
     metrics_token: Annotated[SecretStr, Field(min_length=16)] | None = None
     require_api_keys: bool = False
     api_key_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # While Redis is unreachable, a cached key answer past its TTL is kept this much longer.
+    api_key_cache_grace_s: Annotated[float, Field(ge=0, le=3600)] = 600.0
     api_key_cache_size: Annotated[int, Field(ge=1)] = 10_000
     api_key_lease_s: Annotated[float, Field(gt=0)] = 900.0
     worker_allowlist: tuple[str, ...] = ()

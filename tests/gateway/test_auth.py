@@ -13,7 +13,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from gateway import Settings, create_app
+from registry import EmbeddedRedis
 from tests.conftest import Gateway, GatewayFactory, ProtocolWorkerFactory, WorkerFactory
+from tests.gateway.test_health import until
 from tests.gateway.test_openai_api import preset_registration
 from tests.gateway.test_seed_api import seed_registration
 
@@ -229,6 +231,54 @@ async def test_revocation_reaches_another_replica_within_the_cache_ttl(
                 break
             await asyncio.sleep(0.05)
         assert reply.status_code == 403
+
+
+async def test_keys_seen_recently_keep_working_while_redis_is_down(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    server.start()
+    try:
+        # Answers trusted for 0.2 s, and for 4 s more while Redis cannot be asked.
+        gateway = await closed_gateway(
+            make_gateway, redis_url=server.url, api_key_cache_ttl_s=0.2, api_key_cache_grace_s=4
+        )
+        worker = await make_worker(name="w")
+        body = {"input": "hi", "model_name": "m"}
+        async with gateway.client() as http:
+
+            async def chat(key: str) -> httpx.Response:
+                return await http.post("/api/v1/chat/completions", json=body, headers=bearer(key))
+
+            await http.post(
+                "/api/server/register", json=seed_registration("m", worker), headers=ADMIN_HEADERS
+            )
+            key = await create_key(http)
+            assert (await chat(key)).json()["result"] == "w: hi"
+            assert (await chat("gwk-never-issued")).status_code == 403
+
+            server.stop()
+            await asyncio.sleep(0.5)  # past the cache's TTL: every lookup now fails
+            # The key in use goes on working, and the unknown one stays refused.
+            assert (await chat(key)).json()["result"] == "w: hi"
+            assert (await chat(key)).json()["result"] == "w: hi"
+            assert (await chat("gwk-never-issued")).status_code == 403
+            # A key this process never saw cannot be checked: 503 saying why, not a 403.
+            unseen = await chat("gwk-not-seen-here")
+            assert unseen.status_code == 503
+            assert unseen.json()["msg"].startswith("the API key cannot be checked")
+            assert unseen.headers["Retry-After"] == "1"
+            scrape = (await http.get("/metrics")).text
+            assert 'gateway_redis_errors_total{component="api_key"}' in scrape
+
+            # The grace is bounded: past it the key cannot be checked either.
+            async def refused() -> bool:
+                return (await chat(key)).status_code == 503
+
+            await until(refused, timeout_s=20)
+            assert (await chat(key)).json()["msg"].startswith("the API key cannot be checked")
+    finally:
+        server.stop()
 
 
 async def test_rate_limit_is_shared_by_replicas(

@@ -186,12 +186,22 @@ async def test_a_redis_cluster_serves_as_the_registry(
             await until(lambda: _listed(one, 0))
 
 
-def test_unsupported_redis_url_is_refused_at_start() -> None:
+def test_unsupported_redis_url_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
     from gateway.settings import ValidationError, load_settings
 
     with pytest.raises(ValidationError, match="redis\\+sentinel://"):
         load_settings({"redis_url": "memcached://127.0.0.1:11211"}, environ={})
-    assert os.environ is not None
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    # `serve` stops before starting anything, names the schemes it takes, and keeps the
+    # URL's password out of what it prints.
+    assert main(["serve", "--redis-url", "memcached://user:hunter22@127.0.0.1:11211"]) == 2
+    printed = capsys.readouterr()
+    assert "redis+sentinel://" in printed.err
+    assert "hunter22" not in printed.out + printed.err
 
 
 async def test_sentinel_names_the_registry_master(
