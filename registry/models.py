@@ -103,6 +103,7 @@ class WorkerSpec(BaseModel):
             is_stream=self.is_stream,
             stream_format=self.stream_format,
             stream_extract=self.stream_extract,
+            model_name=self.served_model,
         )
 
     @property

@@ -1,7 +1,7 @@
 """Turn a unified request into a worker's request, and a worker's answer back into text."""
 
 from templates import presets
-from templates.errors import ExtractError, TemplateError
+from templates.errors import ExtractError, StreamLineTooLong, TemplateError
 from templates.extract import Extractor, compile_extract
 from templates.placeholders import (
     MAX_TOKENS,
@@ -34,6 +34,7 @@ __all__ = [
     "RenderedRequest",
     "RequestPlan",
     "StreamFormat",
+    "StreamLineTooLong",
     "TemplateError",
     "WorkerPlan",
     "compile_extract",

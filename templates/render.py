@@ -26,6 +26,7 @@ Values = Mapping[str, Any]
 class _Slot:
     name: str
     typed: bool  # the whole JSON string was this placeholder: insert the value's own JSON type
+    in_path: bool = False  # in a URL's path, where a value must not make a `.` or `..` segment
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +40,20 @@ class TextTemplate:
         return frozenset(p.name for p in self.parts if isinstance(p, _Slot))
 
     def render(self, values: Values, *, url_encode: bool = False) -> str:
+        """Fill in `values`; with `url_encode`, each is percent-encoded to sit in a URL."""
         out: list[str] = []
+        dotted = False
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
             text = _as_text(values.get(part.name))
-            out.append(quote(text, safe="") if url_encode else text)
-        return "".join(out)
+            if url_encode:
+                text = quote(text, safe="")
+                if part.in_path and not text.strip("."):
+                    dotted = True  # all dots, or empty: its path segment may be `.` or `..`
+            out.append(text)
+        return _undot(self.parts, out) if dotted else "".join(out)
 
 
 def compile_text(text: str) -> TextTemplate:
@@ -61,6 +68,50 @@ def compile_text(text: str) -> TextTemplate:
     if pos < len(text):
         parts.append(text[pos:])
     return TextTemplate(tuple(parts))
+
+
+def url_value(text: str) -> str:
+    """Percent-encode `text` to stand alone in a URL; a value of dots becomes `%2E`s."""
+    quoted = quote(text, safe="")
+    return "%2E" * len(quoted) if quoted and not quoted.strip(".") else quoted
+
+
+def bake_url(url: str, fixed: Mapping[str, str]) -> str:
+    """Return the URL template `url` with the placeholders named in `fixed` filled in for good."""
+    out: list[str] = []
+    for part in compile_text(url).parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif part.name in fixed:
+            out.append(url_value(fixed[part.name]))
+        else:
+            out.append("{" + part.name + "}")
+    return "".join(out)
+
+
+def _undot(parts: tuple[str | _Slot, ...], out: list[str]) -> str:
+    # A path segment made only of dots that a value helped make is sent as `%2E`s: `.` and
+    # `..` would walk the worker's path (a prompt of ".." in /api/{USER_PROMPT}/x). Values
+    # are percent-encoded, so every `/`, `?` and `#` in the URL is the template's own.
+    url = "".join(out)
+    pieces: list[str] = []
+    done = pos = 0
+    for part, text in zip(parts, out, strict=True):
+        start, pos = pos, pos + len(text)
+        if not isinstance(part, _Slot) or not part.in_path:
+            continue
+        seg_start = url.rfind("/", 0, start) + 1
+        if seg_start < done:
+            continue  # the segment of a slot just handled
+        ends = [i for i in (url.find(mark, pos) for mark in "/?#") if i >= 0]
+        seg_end = min(ends, default=len(url))
+        segment = url[seg_start:seg_end]
+        if segment and not segment.strip("."):
+            pieces.append(url[done:seg_start])
+            pieces.append("%2E" * len(segment))
+            done = seg_end
+    pieces.append(url[done:])
+    return "".join(pieces)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +284,7 @@ def compile_request(
     url_tpl = compile_text(url)
     placeholders.check_known(set(url_tpl.names), "req_url_template")
     _check_url(url_tpl)
+    url_tpl = _mark_path(_encoded(url_tpl))
     header_tpls: list[tuple[str, TextTemplate]] = []
     for name, value in headers.items():
         tpl = compile_text(value)
@@ -293,6 +345,68 @@ def _check_url(tpl: TextTemplate) -> None:
             "req_url_template must be an absolute http:// or https:// URL with a host, "
             f"got {tpl.render({}, url_encode=False)!r}"
         )
+
+
+# A URL with nothing left to percent-encode: what an HTTP client can send as it stands.
+_ENCODED = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
+def _encoded(tpl: TextTemplate) -> TextTemplate:
+    """Percent-encode (and IDNA-encode the host of) the template's own text, once.
+
+    Rendered URLs are then fully encoded, so the HTTP client sends them as they stand: one
+    it had to encode itself would also be normalised, turning a value's `%2E%2E` back into
+    `..` and walking up the worker's path.
+    """
+    if all(isinstance(part, _Slot) or _ENCODED.fullmatch(part) for part in tpl.parts):
+        return tpl
+    nonce = secrets.token_hex(8)
+    slots: list[_Slot] = []
+    sample = ""
+    for part in tpl.parts:
+        if isinstance(part, str):
+            sample += part
+        else:
+            sample += f"z{nonce}{len(slots)}z"  # lowercase letters and digits: yarl keeps them
+            slots.append(part)
+    try:
+        encoded = str(URL(sample))
+    except ValueError as exc:
+        raise TemplateError(f"req_url_template is not a valid URL: {exc}") from exc
+    parts: list[str | _Slot] = []
+    pos = 0
+    found = []
+    for match in re.finditer(f"z{nonce}(\\d+)z", encoded):
+        if match.start() > pos:
+            parts.append(encoded[pos : match.start()])
+        found.append(int(match.group(1)))
+        parts.append(slots[found[-1]])
+        pos = match.end()
+    if pos < len(encoded):
+        parts.append(encoded[pos:])
+    if found != list(range(len(slots))):
+        raise TemplateError(
+            "req_url_template: a placeholder does not survive encoding the URL (is it in a "
+            "non-ASCII host, or in a path segment that a `..` removes?); write the URL "
+            "percent-encoded, with its placeholders where they stay"
+        )
+    return TextTemplate(tuple(parts))
+
+
+def _mark_path(tpl: TextTemplate) -> TextTemplate:
+    """Mark the slots that sit in the URL's path (after the authority, before `?` or `#`)."""
+    parts: list[str | _Slot] = []
+    text = ""
+    for part in tpl.parts:
+        if isinstance(part, _Slot):
+            _, sep, rest = text.partition("://")
+            in_path = bool(sep) and "/" in rest and "?" not in rest and "#" not in rest
+            parts.append(_Slot(part.name, typed=False, in_path=in_path))
+            text += "x"
+        else:
+            parts.append(part)
+            text += part
+    return TextTemplate(tuple(parts))
 
 
 def _as_text(value: Any) -> str:

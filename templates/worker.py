@@ -4,10 +4,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from templates import presets
+from templates import placeholders, presets
 from templates.errors import TemplateError
 from templates.extract import Extractor, compile_extract
-from templates.render import RequestPlan, compile_request
+from templates.render import RequestPlan, bake_url, compile_request
 from templates.stream import StreamFormat
 
 Protocol = Literal["template", "openai", "ollama"]
@@ -49,9 +49,17 @@ def compile_worker(
     is_stream: bool = False,
     stream_format: StreamFormat | None = None,
     stream_extract: str = "",
+    model_name: str | None = None,
 ) -> WorkerPlan:
-    """Check and compile a worker; raise TemplateError naming what is wrong."""
+    """Check and compile a worker; raise TemplateError naming what is wrong.
+
+    `model_name` is the name the worker serves the model under (fixed at registration): it is
+    written into the URL now, so a URL rendered with no values (a passthrough request, the
+    worker's label) still has it. Left None, {MODEL_NAME} in the URL is filled per request.
+    """
     header = header or {}
+    if model_name is not None:
+        url = bake_url(url, {placeholders.MODEL_NAME: model_name})
     if preset is None:
         if is_stream and (stream_format is None or not stream_extract):
             raise TemplateError(

@@ -3,6 +3,7 @@
 import asyncio
 import collections
 import functools
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,14 +29,21 @@ class Origin:
         return (self.scheme, self.host, self.port)
 
 
+# A URL with nothing left to percent-encode (every rendered worker template is one).
+_ENCODED = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_url(url: str) -> Origin:
     """Split an http(s) URL once (worker URLs repeat, so the result is cached).
 
     yarl percent-encodes a non-ASCII path or query and IDNA-encodes the host, as aiohttp did.
+    A URL that needs no encoding is sent as it stands: encoding would also normalise it,
+    decoding `%2E%2E` that a template put for a prompt of ".." into a `..` that walks up the
+    worker's path.
     """
     try:
-        parsed = URL(url)
+        parsed = URL(url, encoded=_ENCODED.fullmatch(url) is not None)
         port = parsed.port
     except ValueError as exc:
         raise ConnectFailed(f"not a valid URL: {url[:200]!r} ({exc})") from exc

@@ -3,17 +3,20 @@ or a TemplateError/ExtractError, never another exception."""
 
 import contextlib
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from gateway.http1 import parse_url
 from registry import WorkerSpec
 from templates import (
     MESSAGES,
     MODEL_NAME,
     MODEL_TEMPERATURE,
+    SYSTEM_PROMPT,
     USER_PROMPT,
     ExtractError,
     TemplateError,
@@ -116,12 +119,67 @@ def test_extract_on_any_json_gives_text_or_extract_error(path: str, doc: Any) ->
     raw = orjson.dumps(doc)
     with contextlib.suppress(ExtractError):
         assert isinstance(extractor.extract(raw), str)
-    text = extractor.text_or_none(doc)
-    assert text is None or isinstance(text, str)
+    with contextlib.suppress(ExtractError):
+        extractor.find(doc)
+    with contextlib.suppress(ExtractError):
+        text = extractor.text_or_none(doc)
+        assert text is None or isinstance(text, str)
+
+
+# Paths that reach deep values, plain and through jsonpath-ng.
+DEEP_PATHS = st.one_of(
+    PATHS,
+    st.sampled_from(["k", "[]", "$.k", "$[0]", "$..*", "$..k", "$.*", "$..[0]", "$..[?(@ == 1)]"]),
+    st.lists(st.sampled_from(["k", "[0]", "[]", ".k"]), min_size=1, max_size=6).map("".join),
+)
 
 
 @FAST
-@given(path=PATHS, raw=st.binary(max_size=64))
+@given(
+    path=DEEP_PATHS,
+    depth=st.one_of(st.integers(0, 1100), st.sampled_from([253, 254, 255, 1023, 1024, 1025])),
+    pattern=st.lists(st.booleans(), min_size=1, max_size=6),
+    leaf=st.sampled_from([b"1", b'"x"', b"[]", b"{}", b"null", b"1e999", b"\xff", b""]),
+)
+def test_extract_on_deeply_nested_answers_gives_text_or_extract_error(
+    path: str, depth: int, pattern: list[bool], leaf: bytes
+) -> None:
+    """orjson reads 1024 levels, writes 254, and jsonpath-ng recurses: all are ExtractError."""
+    try:
+        extractor = compile_extract(path)
+    except TemplateError:
+        return
+    levels = [pattern[i % len(pattern)] for i in range(depth)]  # True: a list, False: an object
+    opening = b"".join(b"[" if is_list else b'{"k":' for is_list in levels)
+    closing = b"".join(b"]" if is_list else b"}" for is_list in reversed(levels))
+    raw = opening + leaf + closing
+    with contextlib.suppress(ExtractError):
+        assert isinstance(extractor.extract(raw), str)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    with contextlib.suppress(ExtractError):
+        extractor.find(doc)
+    with contextlib.suppress(ExtractError):
+        text = extractor.text_or_none(doc)
+        assert text is None or isinstance(text, str)
+
+
+@FAST
+@given(prompt=ANY_TEXT, other=st.sampled_from(["", ".", "..", "x"]))
+def test_a_prompt_in_a_url_path_never_walks_the_workers_path(prompt: str, other: str) -> None:
+    plan = compile_request("GET", "http://w/api/{USER_PROMPT}{SYSTEM_PROMPT}/x?q=1", {}, None)
+    url = plan.render({USER_PROMPT: prompt, SYSTEM_PROMPT: other}).url
+    target = parse_url(url).target
+    assert target.startswith("/api/") and target.endswith("/x?q=1")
+    assert target.count("/") == 3  # the values stay one segment
+    segment = target.split("/")[2]
+    assert segment not in (".", "..") and unquote(segment) == prompt + other
+
+
+@FAST
+@given(path=PATHS, raw=st.one_of(st.binary(max_size=64), JSON.map(orjson.dumps)))
 def test_extract_on_any_bytes_gives_text_or_extract_error(path: str, raw: bytes) -> None:
     try:
         extractor = compile_extract(path)

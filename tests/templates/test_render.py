@@ -1,9 +1,13 @@
 """Rendering a worker request: placeholders typed, at any depth, in URL and headers."""
 
+import asyncio
+
 import orjson
 import pytest
 
-from templates import TemplateError, compile_request
+from gateway.http1 import Client, parse_url
+from registry import WorkerSpec
+from templates import TemplateError, compile_request, compile_worker
 
 VALUES = {"USER_PROMPT": "hello", "MODEL_TEMPERATURE": 0.7, "MODEL_NAME": "m1"}
 
@@ -126,3 +130,127 @@ def test_quote_before_a_placeholder_at_the_end_of_a_string_stays_json() -> None:
     """Found by the property tests: an escaped quote was taken for the string's own quote."""
     body = {"prompt": 'He said "{USER_PROMPT}', "t": '"{MODEL_TEMPERATURE}"'}
     assert render_body(body) == {"prompt": 'He said "hello', "t": '"0.7"'}
+
+
+@pytest.mark.parametrize(
+    ("url", "prompt", "expected"),
+    [
+        ("http://w/api/{USER_PROMPT}/x", "..", "http://w/api/%2E%2E/x"),
+        ("http://w/api/{USER_PROMPT}/x", ".", "http://w/api/%2E/x"),
+        ("http://w/api/{USER_PROMPT}", "..", "http://w/api/%2E%2E"),
+        ("http://w/api/{USER_PROMPT}/x", "...", "http://w/api/%2E%2E%2E/x"),
+        # Two values, or a value and the template's own dot, that make `..` together.
+        ("http://w/api/{USER_PROMPT}{SYSTEM_PROMPT}/x", ".", "http://w/api/%2E%2E/x"),
+        ("http://w/api/.{USER_PROMPT}/x", ".", "http://w/api/%2E%2E/x"),
+        ("http://w/api/.{USER_PROMPT}/x", "", "http://w/api/%2E/x"),
+        # Not a dot segment, or not in the path: left as it is.
+        ("http://w/api/v{USER_PROMPT}/x", "..", "http://w/api/v../x"),
+        ("http://w/api/{USER_PROMPT}/x", "a/../b", "http://w/api/a%2F..%2Fb/x"),
+        ("http://w/api/x?q={USER_PROMPT}", "..", "http://w/api/x?q=.."),
+        ("http://w/é/{USER_PROMPT}?q=ü", "..", "http://w/%C3%A9/%2E%2E?q=%C3%BC"),
+    ],
+)
+def test_a_value_in_the_url_path_never_makes_a_dot_segment(
+    url: str, prompt: str, expected: str
+) -> None:
+    plan = compile_request("GET", url, {}, None)
+    assert plan.render({"USER_PROMPT": prompt, "SYSTEM_PROMPT": prompt}).url == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "target"),
+    [
+        ("http://w/api/{USER_PROMPT}/x?q={USER_PROMPT}", "w", "/api/%2E%2E/x?q=.."),
+        ("http://w/é/{USER_PROMPT}/x", "w", "/%C3%A9/%2E%2E/x"),  # the template's own encoding
+        ("http://bücher.example/{USER_PROMPT}", "xn--bcher-kva.example", "/%2E%2E"),  # IDNA
+    ],
+)
+def test_an_encoded_dot_segment_survives_the_http_client(url: str, host: str, target: str) -> None:
+    rendered = compile_request("GET", url, {}, None).render({"USER_PROMPT": ".."})
+    origin = parse_url(rendered.url)
+    assert (origin.host, origin.target) == (host, target)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "target"),
+    [
+        ("http://bücher.example/é?q=ü", "xn--bcher-kva.example", "/%C3%A9?q=%C3%BC"),
+        ("http://w/a b/../c", "w", "/c"),  # one the client encodes: normalised, as before
+        ("http://w:8080/%7E/./x", "w", "/%7E/./x"),  # one already encoded: sent as it stands
+    ],
+)
+def test_urls_the_http_client_must_encode_are_still_encoded(
+    url: str, host: str, target: str
+) -> None:
+    origin = parse_url(url)
+    assert (origin.host, origin.target) == (host, target)
+
+
+async def test_a_prompt_of_dots_reaches_the_worker_as_encoded_dots() -> None:
+    """End to end: the request line a worker at /api/{USER_PROMPT}/x receives for `..`."""
+    lines: list[bytes] = []
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines.append(await reader.readline())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(worker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Client(connect_timeout_s=5.0)
+    try:
+        plan = compile_request("GET", f"http://127.0.0.1:{port}/api/{{USER_PROMPT}}/x", {}, None)
+        for prompt in ("..", ".", "a b"):
+            rendered = plan.render({"USER_PROMPT": prompt})
+            response = await client.request("GET", rendered.url, rendered.headers, None)
+            assert await response.read() == b"ok"
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert lines == [
+        b"GET /api/%2E%2E/x HTTP/1.1\r\n",
+        b"GET /api/%2E/x HTTP/1.1\r\n",
+        b"GET /api/a%20b/x HTTP/1.1\r\n",
+    ]
+
+
+def test_model_name_in_a_preset_url_is_there_when_rendered_without_values() -> None:
+    """The gateway renders a preset's URL with no values (passthrough, the worker's label)."""
+    plan = compile_worker(
+        url="http://h:8/models/{MODEL_NAME}/v1", preset="openai", model_name="org/llama 3"
+    )
+    chat = plan.operations["chat"]
+    expected = "http://h:8/models/org%2Fllama%203/v1/chat/completions"
+    assert chat.plan.render({}).url == expected
+    assert chat.url == expected
+    assert chat.plan.url.render({}, url_encode=True) == expected
+    assert (
+        plan.operations["embedding"].plan.render({}).url.endswith("/org%2Fllama%203/v1/embeddings")
+    )
+    assert plan.base_url == "http://h:8/models/org%2Fllama%203/v1"
+
+
+def test_a_registered_worker_serves_its_upstream_model_name_in_the_url() -> None:
+    spec = WorkerSpec(
+        model_name="public-name",
+        upstream_model="llama3.1:8b",
+        req_url_template="http://h/models/{MODEL_NAME}/v1",
+        preset="openai",
+    )
+    assert (
+        spec.compile().operations["chat"].url == "http://h/models/llama3.1%3A8b/v1/chat/completions"
+    )
+    own = WorkerSpec(
+        model_name="m1", req_url_template="http://h/{MODEL_NAME}/g?q={USER_PROMPT}", req_type="GET"
+    )
+    assert own.compile().operations["chat"].plan.render({"USER_PROMPT": "hi"}).url == (
+        "http://h/m1/g?q=hi"
+    )
+
+
+def test_model_name_is_still_filled_per_request_when_not_given_at_compile_time() -> None:
+    plan = compile_worker(url="http://h/{MODEL_NAME}/x", body={"p": "{USER_PROMPT}"})
+    assert plan.operations["chat"].plan.render({"MODEL_NAME": "m2"}).url == "http://h/m2/x"
