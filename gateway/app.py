@@ -238,6 +238,9 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         limit=settings.upstream_max_connections,
         limit_per_host=settings.upstream_max_connections_per_worker,
         connect_timeout_s=settings.upstream_connect_timeout_s,
+        max_header_bytes=settings.max_response_header_bytes,
+        max_headers=settings.max_response_headers,
+        max_body_bytes=settings.max_response_bytes,
     )
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, keepalive_timeout=30),

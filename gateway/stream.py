@@ -79,7 +79,7 @@ def _text(payload: bytes, extractor: Any) -> str | None:
     except orjson.JSONDecodeError as exc:
         raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
     if isinstance(doc, dict) and doc.get("error"):
-        raise WorkerReported("the worker reported an error", quote=error_text(doc))
+        raise WorkerReported("the worker reported an error", error_text(doc), "it said")
     return extractor.text_or_none(doc) if extractor is not None else None
 
 

@@ -10,6 +10,15 @@ arrive, with reading paused while the consumer lags behind.
 Deliberately not here: redirects (a worker that redirects is misconfigured), cookies (one
 client's cookie must never reach another), proxies from the environment, HTTP/2.
 Compressed answers (gzip, deflate) are decompressed, in case a template asks for them.
+
+Bounds: everything a worker sends is bounded, so a broken or hostile worker costs one failed
+exchange, not the event loop or the memory. Per exchange, the answers' heads (interim 1xx
+and trailers included) may hold `max_header_bytes` of status, names and values and
+`max_headers` fields (else BadResponse); `head_timeout_s` bounds the wait for the final head,
+`read_timeout_s` each wait for data, `deadline` the whole exchange (else ReadTimeout); a
+compressed answer inflates at most 256 KiB per step, and `Response.read()` stops at
+`max_body_bytes` after decompression (else TooLarge, and the connection is closed).
+Streamed answers (`chunks()`, `forward()`) are not capped in total: the deadline ends them.
 """
 
 from gateway.http1.client import Client, Origin, parse_url
@@ -21,6 +30,7 @@ from gateway.http1.response import (
     ReadTimeout,
     Response,
     Sink,
+    TooLarge,
 )
 
 __all__ = [
@@ -33,5 +43,6 @@ __all__ = [
     "ReadTimeout",
     "Response",
     "Sink",
+    "TooLarge",
     "parse_url",
 ]

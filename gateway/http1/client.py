@@ -91,6 +91,9 @@ class Client:
     another worker is closed to make room first). Each freed place wakes one waiter; a waiter
     that cannot use it, or is cancelled after being woken, passes the wake-up on, so none is
     lost. The wait is bounded by the connect timeout.
+
+    `max_header_bytes` and `max_headers` bound the heads of each exchange's answers,
+    `max_body_bytes` what `Response.read()` gathers (after decompression).
     """
 
     def __init__(
@@ -101,7 +104,14 @@ class Client:
         connect_timeout_s: float = 5.0,
         keepalive_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 100,
+        max_body_bytes: int = 32 * 1024 * 1024,
     ) -> None:
+        # What a worker may send per exchange (gateway/http1/__init__.py, "Bounds").
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body_bytes = max_body_bytes
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._connect_timeout_s = connect_timeout_s
@@ -122,25 +132,31 @@ class Client:
         body: bytes | None,
         *,
         read_timeout_s: float | None = None,
+        head_timeout_s: float | None = None,
+        deadline: float | None = None,
     ) -> Response:
         """Send one request; return once the answer's head has arrived.
+
+        `read_timeout_s` bounds each wait for data, `head_timeout_s` the time from the
+        request's writing until the final answer's head is in (interim 1xx answers do not
+        reset it), `deadline` (a `loop.time()` instant) the whole exchange, body included;
+        past any of them the exchange fails with ReadTimeout and its connection is closed.
 
         A reused keep-alive connection that the worker had closed fails before any byte of
         answer: the request is then sent once more, on a new connection.
         """
         origin = parse_url(url)
         head = _request_head(method, origin, headers, None if body is None else len(body))
-        body = body or b""
-        payload = head + body if len(body) < 65536 else None
+        rest = None
+        if body is not None and len(body) >= 65536:
+            rest = body  # written on its own: not copied into one buffer with the head
+        elif body:
+            head += body
         fresh = False
         while True:
             conn = await self._acquire(origin, fresh=fresh)
             try:
-                if payload is None:
-                    assert conn.transport is not None
-                    conn.transport.write(head)
-                    return await conn.exchange(body, read_timeout_s)
-                return await conn.exchange(payload, read_timeout_s)
+                return await conn.exchange(head, rest, read_timeout_s, head_timeout_s, deadline)
             except Disconnected:
                 conn.done(reusable=False)
                 if conn.reused and not conn.received and not fresh:

@@ -3,13 +3,16 @@
 import asyncio
 import collections
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gateway.http1.connection import Connection
 
 _READ_PAUSE_BYTES = 256 * 1024  # buffered and not yet consumed: stop reading the socket
+# The most one call to the decompressor may produce: a gzip bomb inflates piece by piece,
+# never more than this at once.
+INFLATE_PIECE_BYTES = 256 * 1024
 
 
 class Sink(Protocol):
@@ -39,7 +42,13 @@ class BadResponse(HTTPClientError):
 
 
 class ReadTimeout(HTTPClientError, TimeoutError):
-    """No data came from the worker within the read timeout."""
+    """The worker was too slow: idle past the read timeout, head past the head timeout, or
+    the exchange past its deadline."""
+
+
+class TooLarge(HTTPClientError, ValueError):
+    """The worker's answer is larger than the caller reads (a ValueError too, as read(limit)
+    raised before)."""
 
 
 class Response:
@@ -52,6 +61,7 @@ class Response:
         "_conn",
         "_decompress",
         "_error",
+        "_max_body_bytes",
         "_sink",
         "_stalled",
         "_waiter",
@@ -59,7 +69,9 @@ class Response:
         "status",
     )
 
-    def __init__(self, conn: "Connection", status: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, conn: "Connection", status: int, headers: dict[str, str], max_body_bytes: int
+    ) -> None:
         self.status = status
         self.headers = headers  # lower-cased names; a repeated header keeps its last value
         self._conn: Connection | None = conn
@@ -74,6 +86,7 @@ class Response:
         )
         self._sink: Sink | None = None
         self._stalled = False
+        self._max_body_bytes = max_body_bytes
 
     @property
     def content_length(self) -> int | None:
@@ -81,15 +94,31 @@ class Response:
         return int(value) if value is not None and value.isdigit() else None
 
     async def read(self, limit: int | None = None) -> bytes:
-        """Return the whole body; raise ValueError as soon as it grows past `limit` bytes."""
+        """Return the whole body; raise TooLarge as soon as it grows past `limit` bytes.
+
+        The client's max_body_bytes bounds it too, counted after decompression. Past the
+        limit, the connection is closed: nothing more is read or buffered.
+        """
+        cap = self._max_body_bytes if limit is None else min(limit, self._max_body_bytes)
+        length = self.content_length
+        if self._decompress is None and length is not None and length > cap:
+            raise self._too_large(cap)
         parts: list[bytes] = []
         size = 0
         async for chunk in self.chunks():
             size += len(chunk)
-            if limit is not None and size > limit:
-                raise ValueError(f"response is over the {limit}-byte limit")
+            if size > cap:
+                parts.clear()
+                raise self._too_large(cap)
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _too_large(self, cap: int) -> TooLarge:
+        error = self._error = TooLarge(f"the worker's answer is over the {cap}-byte limit")
+        self._chunks.clear()
+        self._buffered = 0
+        self.close()
+        return error
 
     async def read_some(self, n: int) -> bytes:
         """Return up to `n` bytes of the body (for quoting an error answer)."""
@@ -103,19 +132,22 @@ class Response:
         return b"".join(parts)[:n]
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the body in the pieces it arrives in, until the answer is complete."""
+        """Yield the body as it arrives, until the answer is complete.
+
+        A compressed answer comes inflated, in pieces of at most INFLATE_PIECE_BYTES.
+        """
         while True:
+            if self._error is not None:
+                raise self._error
             if self._chunks:
                 data = self._chunks.popleft()
                 self._consumed(len(data))
-                if self._decompress is not None:
-                    data = self._inflate(data)
-                    if not data:
-                        continue
-                yield data
+                if self._decompress is None:
+                    yield data
+                else:
+                    for piece in self._inflate(data):
+                        yield piece
                 continue
-            if self._error is not None:
-                raise self._error
             if self._complete:
                 tail = self._tail()
                 if tail:
@@ -128,26 +160,27 @@ class Response:
 
         For relaying a stream: no task switch and no queue per piece, which halves the cost of
         a relayed chunk (bench/streams). While the sink reports more unsent bytes than
-        `_READ_PAUSE_BYTES`, reading from the worker pauses. Returns when the body is complete;
-        raises like `chunks()` when the worker fails.
+        `_READ_PAUSE_BYTES`, reading from the worker pauses, and so does inflating a
+        compressed answer (what is left of it waits, compressed, until the sink drains).
+        Returns when the body is complete; raises like `chunks()` when the worker fails.
         """
-        while self._chunks:  # what arrived before forwarding began
-            data = self._chunks.popleft()
-            self._consumed(len(data))
-            self._pass(sink, data)
         self._sink = sink
         try:
             while True:
                 if self._error is not None:
                     raise self._error
+                while self._chunks and not self._stalled:  # arrived before, or held back
+                    data = self._chunks.popleft()
+                    self._consumed(len(data))
+                    self._pass(sink, data)
+                if self._stalled:
+                    await self._unstall(sink)
+                    continue
                 if self._complete:
                     tail = self._tail()
                     if tail:
                         sink.write(tail)
                     return
-                if self._stalled:
-                    await self._unstall(sink)
-                    continue
                 await self._more()
         finally:
             self._sink = None
@@ -167,7 +200,15 @@ class Response:
 
     def _tail(self) -> bytes:
         """What a decompressor still holds once the body is complete."""
-        return self._inflate(b"", last=True) if self._decompress is not None else b""
+        decompress, self._decompress = self._decompress, None
+        if decompress is None:
+            return b""
+        try:
+            # Every input was inflated to its end (no unconsumed tail): what is left is at
+            # most what the last bits of input describe.
+            return decompress.flush()
+        except zlib.error as exc:
+            raise self._undecompressible(exc) from exc
 
     async def _unstall(self, sink: "Sink") -> None:
         # The consumer's socket is slow: wait until it has sent most of its backlog. A socket
@@ -175,32 +216,58 @@ class Response:
         while sink.backlog() > _READ_PAUSE_BYTES // 2 and self._error is None:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         self._stalled = False
-        if self._conn is not None:
+        if self._conn is not None and self._buffered <= _READ_PAUSE_BYTES // 2:
             self._conn.resume()
 
     def _pass(self, sink: "Sink", data: bytes) -> None:
-        if self._decompress is not None:
-            try:
-                data = self._inflate(data)
-            except BadResponse as exc:
-                self.fail(exc)
-                return
-        if data:
-            sink.write(data)
-
-    def _inflate(self, data: bytes, *, last: bool = False) -> bytes:
+        """Write `data` to the sink (inflated, piece by piece); stall when the sink is full."""
         decompress = self._decompress
-        assert decompress is not None
+        if decompress is None:
+            sink.write(data)
+        else:
+            try:
+                while True:
+                    piece = decompress.decompress(data, INFLATE_PIECE_BYTES)
+                    if piece:
+                        sink.write(piece)
+                    data = decompress.unconsumed_tail
+                    if not data:
+                        break
+                    if sink.backlog() > _READ_PAUSE_BYTES:
+                        # The rest waits compressed, first in line, until the sink drains.
+                        self._chunks.appendleft(data)
+                        self._buffered += len(data)
+                        break
+            except zlib.error as exc:
+                self.fail(self._undecompressible(exc))
+                return
+        if sink.backlog() > _READ_PAUSE_BYTES:
+            self._stall()
+
+    def _stall(self) -> None:
+        if self._conn is not None:
+            self._conn.pause()
+        self._stalled = True
+        self._wake()
+
+    def _inflate(self, data: bytes) -> Iterator[bytes]:
+        """Inflate `data` in pieces of at most INFLATE_PIECE_BYTES."""
+        decompress = self._decompress
+        if decompress is None:
+            yield data
+            return
         try:
-            if last:
-                self._decompress = None
-                return decompress.flush()
-            return decompress.decompress(data)
+            while data:
+                piece = decompress.decompress(data, INFLATE_PIECE_BYTES)
+                data = decompress.unconsumed_tail
+                if piece:
+                    yield piece
         except zlib.error as exc:
-            encoding = self.headers.get("content-encoding")
-            raise BadResponse(
-                f"the worker's {encoding} answer does not decompress ({exc})"
-            ) from exc
+            raise self._undecompressible(exc) from exc
+
+    def _undecompressible(self, exc: zlib.error) -> "BadResponse":
+        encoding = self.headers.get("content-encoding")
+        return BadResponse(f"the worker's {encoding} answer does not decompress ({exc})")
 
     def release(self) -> None:
         """Give the connection back to its pool if the answer was read to its end, else close."""
@@ -218,13 +285,10 @@ class Response:
 
     def feed(self, data: bytes) -> None:
         sink = self._sink
-        if sink is not None:
+        if sink is not None and not self._stalled and not self._chunks:
             self._pass(sink, data)
-            if sink.backlog() > _READ_PAUSE_BYTES and self._conn is not None:
-                self._conn.pause()
-                self._stalled = True
-                self._wake()
             return
+        # Not forwarded, or the sink is full: kept until the consumer takes it.
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _READ_PAUSE_BYTES and self._conn is not None:
@@ -241,7 +305,9 @@ class Response:
         self._wake()
 
     def fail(self, error: BaseException) -> None:
-        if not self._complete:
+        # The first error is the reason: a deadline that closed the connection is a timeout,
+        # not the disconnect that follows from it.
+        if not self._complete and self._error is None:
             self._error = error
             self._wake()
 
