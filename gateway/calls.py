@@ -16,6 +16,7 @@ from gateway.worker import Worker
 from templates import MODEL_NAME, STREAM, Operation, OperationName, RenderedRequest
 from templates.codecs import EmbeddingCodec, TemplateAnswers
 from templates.codecs.template import values as template_values
+from templates.errors import CannotTranslate
 
 Family = Literal["seed", "openai", "ollama"]
 
@@ -81,7 +82,14 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
         if record.upstream_model:
             rename = str(call.body.get("model", "")).encode()
     elif isinstance(codec, TemplateAnswers):
-        values = template_values(call.request())
+        conv = call.request()
+        if conv.tools and conv.tool_choice != "none":
+            raise CannotTranslate(
+                f"tools cannot be sent to this model's template worker ({worker.label}), whose "
+                "body has no place for them; call it without tools, or register an openai or "
+                "ollama preset worker for tool use"
+            )
+        values = template_values(conv)
         values[MODEL_NAME] = served
         values[STREAM] = streamed
         http = op.plan.render(values)

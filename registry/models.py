@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from templates import TemplateError, WorkerPlan, compile_worker
+from templates.codecs.template import USAGE_FIELDS
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -42,6 +43,11 @@ class WorkerSpec(BaseModel):
     upstream_model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     stream_format: Literal["sse", "ndjson"] | None = None
     stream_extract: Annotated[str, Field(max_length=1024)] = ""
+    # Where a template worker's answer (or each chunk of its stream) says its token counts
+    # ({"prompt_tokens": path, "completion_tokens": path, "cached_tokens": path}) and why it
+    # stopped; left out, answers carry none.
+    usage_extract: dict[str, Annotated[str, Field(min_length=1, max_length=1024)]] | None = None
+    finish_reason_extract: Annotated[str, Field(max_length=1024)] = ""
     health_url: Annotated[str, Field(max_length=4096)] | None = None
     weight: Annotated[int, Field(ge=1, le=1000)] = 1
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
@@ -69,6 +75,16 @@ class WorkerSpec(BaseModel):
                 raise ValueError(f"header {name!r} must not contain line breaks")
             if _HEADER_CONTROL.search(item):
                 raise ValueError(f"header {name!r} must not contain control characters")
+        return value
+
+    @field_validator("usage_extract")
+    @classmethod
+    def _usage_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(value or {}) - set(USAGE_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"usage_extract has {', '.join(unknown)}; its keys are " + ", ".join(USAGE_FIELDS)
+            )
         return value
 
     @field_validator("health_url")
@@ -104,6 +120,8 @@ class WorkerSpec(BaseModel):
             stream_format=self.stream_format,
             stream_extract=self.stream_extract,
             model_name=self.served_model,
+            usage_extract=self.usage_extract,
+            finish_reason_extract=self.finish_reason_extract,
         )
 
     @property
