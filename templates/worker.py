@@ -56,8 +56,11 @@ def compile_worker(
     `model_name` is the name the worker serves the model under (fixed at registration): it is
     written into the URL now, so a URL rendered with no values (a passthrough request, the
     worker's label) still has it. Left None, {MODEL_NAME} in the URL is filled per request.
+    A preset worker's `url` is its base URL or one of its endpoint URLs (presets.base_url).
     """
     header = header or {}
+    if preset is not None:
+        url = presets.base_url(preset, url)
     if model_name is not None:
         url = bake_url(url, {placeholders.MODEL_NAME: model_name})
     if preset is None:
@@ -79,7 +82,6 @@ def compile_worker(
         return WorkerPlan("template", url, {"chat": op, "completion": op})
 
     data = presets.get(preset)
-    base = url.rstrip("/")
     operations: dict[str, Operation] = {}
     for name, spec in data["operations"].items():
         custom = name == "chat"
@@ -90,11 +92,11 @@ def compile_worker(
             "stream_extract", ""
         )
         operations[name] = Operation(
-            compile_request("POST", base + spec["path"], header, op_body),
+            compile_request("POST", url + spec["path"], header, op_body),
             compile_extract(extract),
             "on_request" if fmt else "never",
             fmt,
             compile_extract(chunk_path) if fmt else None,
             spec["path"],
         )
-    return WorkerPlan(data["protocol"], base, operations)
+    return WorkerPlan(data["protocol"], url, operations)
