@@ -86,7 +86,7 @@ class _Probe:
             raise InvalidRequest(
                 f"verify: {what} did not answer with a models list (it began with "
                 f"{self._redact.quote(raw, 120)!r}); is req_url_template the base URL of "
-                f"a {preset!r} server?"
+                f"a server speaking the {preset!r} protocol?"
             )
         if not presets.lists_model(preset, names, served):
             raise InvalidRequest(
