@@ -82,8 +82,11 @@ def compile_worker(
     `model_name` is the name the worker serves the model under (fixed at registration): it is
     written into the URL now, so a URL rendered with no values (a passthrough request, the
     worker's label) still has it. Left None, {MODEL_NAME} in the URL is filled per request.
+    A preset worker's `url` is its base URL or one of its endpoint URLs (presets.base_url).
     """
     header = header or {}
+    if preset is not None:
+        url = presets.base_url(preset, url)
     if model_name is not None:
         url = bake_url(url, {placeholders.MODEL_NAME: model_name})
     if preset is None:
@@ -101,7 +104,6 @@ def compile_worker(
         return WorkerPlan("template", url, {"chat": op, "completion": op})
 
     data = presets.get(preset)
-    base = url.rstrip("/")
     operations: dict[str, Operation] = {}
     for name, spec in data["operations"].items():
         # A preset's chat may be given its own template: it is then read like a template's.
@@ -121,10 +123,10 @@ def compile_worker(
             codec = worker_codec(data["protocol"], name)
             op_body = spec["body"]
         operations[name] = Operation(
-            compile_request("POST", base + spec["path"], header, op_body),
+            compile_request("POST", url + spec["path"], header, op_body),
             codec,
             "on_request" if fmt else "never",
             fmt,
             spec["path"],
         )
-    return WorkerPlan(data["protocol"], base, operations)
+    return WorkerPlan(data["protocol"], url, operations)

@@ -106,7 +106,9 @@ class ModelServer:
         body = {"error": {"message": f"{self.name} refused: prompt too long", "type": "x"}}
         return web.json_response(body, status=self.status, headers=self.headers)
 
-    async def _stream(self, request: web.Request, lines: list[bytes], kind: str) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, lines: list[bytes], kind: str
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": kind})
         await response.prepare(request)
         for line in lines:
@@ -131,14 +133,22 @@ class ModelServer:
         calls = []
         if turn.tool:
             arguments = orjson.dumps(TOOL_ARGUMENTS).decode()
-            calls = [{"id": "call_w1", "type": "function", "function": {"name": turn.tool, "arguments": arguments}}]
+            calls = [
+                {
+                    "id": "call_w1",
+                    "type": "function",
+                    "function": {"name": turn.tool, "arguments": arguments},
+                }
+            ]
         head = {"id": "chatcmpl-1", "created": 1, "model": sent["model"]}
         if not sent.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": "".join(turn.pieces) or None}
             if calls:
                 message["tool_calls"] = calls
             choice = {"index": 0, "message": message, "finish_reason": turn.finish}
-            return web.json_response({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return web.json_response(
+                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
@@ -150,18 +160,31 @@ class ModelServer:
         if calls:  # the arguments in two fragments, as servers stream them
             call = calls[0]
             args = call["function"]["arguments"]
-            first = {"index": 0, "id": call["id"], "type": "function", "function": {"name": turn.tool, "arguments": args[:5]}}
+            first = {
+                "index": 0,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": turn.tool, "arguments": args[:5]},
+            }
             lines.append(chunk({"tool_calls": [first]}))
             lines.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]}))
         lines.append(chunk({}, turn.finish))
         if (sent.get("stream_options") or {}).get("include_usage"):
-            lines.append(b"data: " + orjson.dumps({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+            lines.append(
+                b"data: "
+                + orjson.dumps(
+                    {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                )
+                + b"\n\n"
+            )
         lines.append(b"data: [DONE]\n\n")
         return await self._stream(request, lines, "text/event-stream")
 
     async def _openai_completion(self, request: web.Request) -> web.StreamResponse:
         sent = await self._read(request)
-        turn = decide(self.name, [{"role": "user", "content": sent["prompt"]}], sent.get("max_tokens"), None)
+        turn = decide(
+            self.name, [{"role": "user", "content": sent["prompt"]}], sent.get("max_tokens"), None
+        )
         usage = {
             "prompt_tokens": turn.prompt_tokens,
             "completion_tokens": len(turn.pieces),
@@ -169,15 +192,30 @@ class ModelServer:
         }
         head = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": sent["model"]}
         if not sent.get("stream"):
-            choice = {"index": 0, "text": "".join(turn.pieces), "finish_reason": turn.finish, "logprobs": None}
+            choice = {
+                "index": 0,
+                "text": "".join(turn.pieces),
+                "finish_reason": turn.finish,
+                "logprobs": None,
+            }
             return web.json_response({**head, "choices": [choice], "usage": usage})
         lines = [
-            b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "text": p, "finish_reason": None}]}) + b"\n\n"
+            b"data: "
+            + orjson.dumps({**head, "choices": [{"index": 0, "text": p, "finish_reason": None}]})
+            + b"\n\n"
             for p in turn.pieces
         ]
-        lines.append(b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "text": "", "finish_reason": turn.finish}]}) + b"\n\n")
+        lines.append(
+            b"data: "
+            + orjson.dumps(
+                {**head, "choices": [{"index": 0, "text": "", "finish_reason": turn.finish}]}
+            )
+            + b"\n\n"
+        )
         if (sent.get("stream_options") or {}).get("include_usage"):
-            lines.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+            lines.append(
+                b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
+            )
         lines.append(b"data: [DONE]\n\n")
         return await self._stream(request, lines, "text/event-stream")
 
@@ -186,11 +224,17 @@ class ModelServer:
         inputs = sent["input"] if isinstance(sent["input"], list) else [sent["input"]]
         size = sent.get("dimensions") or 3
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(text)) + k for k in range(size)]}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [float(len(text)) + k for k in range(size)],
+            }
             for i, text in enumerate(inputs)
         ]
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
-        return web.json_response({"object": "list", "data": data, "model": sent["model"], "usage": usage})
+        return web.json_response(
+            {"object": "list", "data": data, "model": sent["model"], "usage": usage}
+        )
 
     # Ollama
 
@@ -204,7 +248,9 @@ class ModelServer:
         turn = decide(self.name, messages, limit, sent.get("tools") if chat else None)
         reason = "length" if turn.finish == "length" else "stop"
         counts = {"prompt_eval_count": turn.prompt_tokens, "eval_count": max(len(turn.pieces), 1)}
-        calls = [{"function": {"name": turn.tool, "arguments": TOOL_ARGUMENTS}}] if turn.tool else []
+        calls = (
+            [{"function": {"name": turn.tool, "arguments": TOOL_ARGUMENTS}}] if turn.tool else []
+        )
 
         def line(text: str, done: bool, **extra: Any) -> dict[str, Any]:
             out: dict[str, Any] = {"model": sent["model"], "created_at": "2026-01-01T00:00:00Z"}
@@ -231,7 +277,9 @@ class ModelServer:
         inputs = sent["input"] if isinstance(sent["input"], list) else [sent["input"]]
         size = sent.get("dimensions") or 2
         vectors = [[float(len(text)) + k for k in range(size)] for text in inputs]
-        return web.json_response({"model": sent["model"], "embeddings": vectors, "prompt_eval_count": len(inputs)})
+        return web.json_response(
+            {"model": sent["model"], "embeddings": vectors, "prompt_eval_count": len(inputs)}
+        )
 
     # A seed-style service with its own JSON: {"ask": ..., "limit": ..., "stream": ...}
 
@@ -239,11 +287,15 @@ class ModelServer:
         sent = await self._read(request)
         if (refusal := self._refusal()) is not None:
             return refusal
-        turn = decide(self.name, [{"role": "user", "content": sent["ask"]}], sent.get("limit"), None)
+        turn = decide(
+            self.name, [{"role": "user", "content": sent["ask"]}], sent.get("limit"), None
+        )
         stop = "max_tokens" if turn.finish == "length" else "eos"
         tokens = {"in": turn.prompt_tokens, "out": len(turn.pieces)}
         if not sent.get("stream"):
-            return web.json_response({"out": {"text": "".join(turn.pieces), "stop": stop, "tokens": tokens}})
+            return web.json_response(
+                {"out": {"text": "".join(turn.pieces), "stop": stop, "tokens": tokens}}
+            )
         lines = [b"data: " + orjson.dumps({"t": p}) + b"\n\n" for p in turn.pieces]
         lines.append(b"data: " + orjson.dumps({"t": "", "stop": stop, "tokens": tokens}) + b"\n\n")
         return await self._stream(request, lines, "text/event-stream")

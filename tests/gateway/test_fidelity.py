@@ -116,7 +116,9 @@ async def openai_chat(c: Clients, model: str, limit: int | None, stream: bool) -
     ]
     with_choices = [c for c in chunks if c.choices]
     finishes = [c.choices[0].finish_reason for c in with_choices if c.choices[0].finish_reason]
-    usage = next(((c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks if c.usage), None)
+    usage = next(
+        ((c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks if c.usage), None
+    )
     return Seen(
         "".join(c.choices[0].delta.content or "" for c in with_choices),
         finishes[-1] if finishes else None,
@@ -138,8 +140,12 @@ async def openai_completions(c: Clients, model: str, limit: int | None, stream: 
             model=model, prompt=PROMPT, stream=True, stream_options={"include_usage": True}, **extra
         )
     ]
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    usage = next(((c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks if c.usage), None)
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    usage = next(
+        ((c.usage.prompt_tokens, c.usage.completion_tokens) for c in chunks if c.usage), None
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     return Seen(text, finishes[-1] if finishes else None, usage)
 
@@ -158,11 +164,20 @@ async def ollama_chat(c: Clients, model: str, limit: int | None, stream: bool) -
         done = await client.chat(model=model, messages=messages, options=options)
         assert done.message.role == "assistant"
         return Seen(done.message.content or "", done.done_reason, _ollama_usage(done))
-    parts = [p async for p in await client.chat(model=model, messages=messages, options=options, stream=True)]
+    parts = [
+        p
+        async for p in await client.chat(
+            model=model, messages=messages, options=options, stream=True
+        )
+    ]
     last = parts[-1]
     assert last.done and all(not p.done for p in parts[:-1])
-    assert [p.created_at for p in parts] == sorted(p.created_at for p in parts)  # never back in time
-    return Seen("".join(p.message.content or "" for p in parts), last.done_reason, _ollama_usage(last))
+    assert [p.created_at for p in parts] == sorted(
+        p.created_at for p in parts
+    )  # never back in time
+    return Seen(
+        "".join(p.message.content or "" for p in parts), last.done_reason, _ollama_usage(last)
+    )
 
 
 async def ollama_generate(c: Clients, model: str, limit: int | None, stream: bool) -> Seen:
@@ -171,13 +186,20 @@ async def ollama_generate(c: Clients, model: str, limit: int | None, stream: boo
     if not stream:
         done = await client.generate(model=model, prompt=PROMPT, options=options)
         return Seen(done.response, done.done_reason, _ollama_usage(done))
-    parts = [p async for p in await client.generate(model=model, prompt=PROMPT, options=options, stream=True)]
+    parts = [
+        p
+        async for p in await client.generate(
+            model=model, prompt=PROMPT, options=options, stream=True
+        )
+    ]
     last = parts[-1]
     return Seen("".join(p.response for p in parts), last.done_reason, _ollama_usage(last))
 
 
 async def seed(c: Clients, model: str, limit: int | None, stream: bool) -> Seen:
-    reply = await c.http.post("/api/v1/chat/completions", json={"input": PROMPT, "model_name": model})
+    reply = await c.http.post(
+        "/api/v1/chat/completions", json={"input": PROMPT, "model_name": model}
+    )
     assert reply.status_code == 200, reply.text
     return Seen(reply.json()["result"], None, None)
 
