@@ -9,6 +9,8 @@ per event; the OpenAI stream sends usage in a last chunk only when asked
 """
 
 import asyncio
+import base64
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,10 +233,13 @@ class ModelServer:
             }
             for i, text in enumerate(inputs)
         ]
+        if sent.get("encoding_format") == "base64":  # float32 little-endian, as OpenAI does
+            for item in data:
+                packed = array("f", item["embedding"]).tobytes()
+                item["embedding"] = base64.b64encode(packed).decode()
         usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
-        return web.json_response(
-            {"object": "list", "data": data, "model": sent["model"], "usage": usage}
-        )
+        body = {"object": "list", "data": data, "model": sent["model"], "usage": usage}
+        return web.json_response(body)
 
     # Ollama
 
