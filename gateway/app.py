@@ -24,7 +24,7 @@ from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, keys, meta, ollama, openai, probes, seed
+from gateway.routes import admin, anthropic, keys, meta, ollama, openai, probes, seed
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> web.Application:
         keys.routes,
         seed.routes,
         openai.routes,
+        anthropic.routes,
         ollama.routes,
         probes.routes,
         meta.routes,

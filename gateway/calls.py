@@ -18,7 +18,7 @@ from templates.codecs import EmbeddingCodec, TemplateAnswers
 from templates.codecs.template import values as template_values
 from templates.errors import CannotTranslate
 
-Family = Literal["seed", "openai", "ollama"]
+Family = Literal["seed", "openai", "ollama", "anthropic"]
 
 
 class Call:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 # public: anyone; admin: the admin token; inference: an API key (when keys are required);
 # metrics: the metrics token (when one is set).
 Access = Literal["public", "admin", "inference", "metrics"]
-Family = Literal["seed", "openai", "ollama", "admin", "system"]
+Family = Literal["seed", "openai", "ollama", "anthropic", "admin", "system"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)

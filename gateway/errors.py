@@ -28,11 +28,13 @@ A class says its status; an instance may carry another one where the status is t
 worker's (`WorkerRefused`) or aiohttp's. Registry errors (registry/errors.py, which knows
 nothing of HTTP) are mapped to these by one table.
 
-On OpenAI routes an invalid request is a 400, as OpenAI answers it, not a 422.
+On OpenAI and Anthropic routes an invalid request is a 400, as those APIs answer it, not a
+422; on Anthropic routes, no worker free or healthy is its 529 `overloaded_error`.
 
 Handlers raise; `error_middleware` picks the body shape of the family of the route the request
 matched (gateway/endpoints.py): the seed's `{"success": false, "msg"}`, OpenAI's
-`{"error": {"message", "type", "code"}}` or Ollama's `{"error": "..."}`, and leaves the error
+`{"error": {"message", "type", "code"}}`, Anthropic's `{"type": "error", "error": {"type",
+"message"}}` or Ollama's `{"error": "..."}`, and leaves the error
 on the request (`ERROR`) for the access log.
 """
 
@@ -210,7 +212,7 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
 
 
 def family(request: web.Request) -> str:
-    """Name the error shape of `request`: "openai", "ollama" or "seed"."""
+    """Name the error shape of `request`: "openai", "anthropic", "ollama" or "seed"."""
     catalogue = request.app.get(CATALOGUE)
     return shape_of(catalogue.find(request) if catalogue is not None else None, request.path)
 
@@ -218,12 +220,24 @@ def family(request: web.Request) -> str:
 def shape_of(endpoint: Endpoint | None, path: str) -> str:
     """Name the error shape of a route: its family's, or for no route the one its path suggests."""
     if endpoint is not None:
-        return endpoint.family if endpoint.family in ("openai", "ollama") else "seed"
+        return endpoint.family if endpoint.family in ("openai", "anthropic", "ollama") else "seed"
     if path.startswith("/v1/"):
         return "openai"
     if path.startswith("/api/") and not path.startswith(("/api/server/", "/api/v1/")):
         return "ollama"
     return "seed"
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    501: "invalid_request_error",
+    529: "overloaded_error",
+}
 
 
 def render(request: web.Request, err: GatewayError) -> web.Response:
@@ -235,6 +249,13 @@ def render(request: web.Request, err: GatewayError) -> web.Response:
         body = {"error": {"message": err.message, "type": err.openai_type, "code": err.code}}
         if status == 422:
             status = 400  # what OpenAI answers for an invalid request, and its SDKs expect
+    elif kind == "anthropic":
+        if status == 422:
+            status = 400
+        elif isinstance(err, Overloaded | NoHealthyWorker):
+            status = 529  # Anthropic's "overloaded", which its SDKs retry
+        kind_name = _ANTHROPIC_TYPES.get(status, "api_error")
+        body = {"type": "error", "error": {"type": kind_name, "message": err.message}}
     elif kind == "ollama":
         body = {"error": err.message}
     else:

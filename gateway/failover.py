@@ -11,7 +11,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from gateway.attempt import (
     AttemptFailed,
@@ -37,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.pool import Pool, QueueFull
 from gateway.stream import Slot, Stream, WorkerReported
 from gateway.worker import Ejection, Worker
-from templates import ExtractError
+from templates import MODEL_NAME, ExtractError, RenderedRequest
 from templates.codecs import Embeddings
 from templates.conversation import Reply
 from templates.errors import CannotTranslate
@@ -154,6 +156,30 @@ class Failover:
         stream, tries = await self._run(pool, call, attempt, hold=True)
         stream.tries = tries
         return stream
+
+    async def count_tokens(self, pool: Pool, body: dict[str, Any], counters: list[Worker]) -> Any:
+        """Ask an Anthropic-compatible worker of `pool` to count `body`'s input tokens."""
+        failures: list[str] = []
+        for worker in counters[: self._max_tries]:
+            op = worker.plan.operations["chat"]
+            sent = {**body, "model": worker.record.served_model}
+            head = op.plan.head({MODEL_NAME: worker.record.served_model}, orjson.dumps(sent))
+            http = RenderedRequest(head.method, head.url + "/count_tokens", head.headers, head.body)
+            req = WorkerRequest(op, http, True, False, None)
+            timeout_s = worker.record.timeout_s
+            try:
+                response = await send(
+                    self._client, worker, req, timeout_s=timeout_s, deadline=_now() + timeout_s
+                )
+                raw = await read_whole(response, self._limits, timeout_s)
+            except AttemptFailed as exc:
+                failures.append(f"{worker.label}: {worker.redact(exc.reason)}")
+                continue
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                failures.append(f"{worker.label}: its count is not JSON")
+        raise UpstreamError(f"model {pool.model!r}: counting tokens failed: " + "; ".join(failures))
 
     async def _run(
         self, pool: Pool, call: Call, attempt: Attempt[T], *, hold: bool
