@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app, server_options
 from gateway.metrics import MetricsConfigError
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, WorkersError, load_settings
 from gateway.supervisor import CHILD_FLAG, processes_arg, read_child_settings, supervise
 from registry import EmbeddedRedisError
 
@@ -74,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(cli, config_file=args.config)
     except ValidationError as exc:
         print(f"llm-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except WorkersError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    except tomllib.TOMLDecodeError as exc:
+        print(f"llm-gateway: the config file is not valid TOML: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"llm-gateway: cannot read the config file: {exc}", file=sys.stderr)
