@@ -27,8 +27,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class WorkersError(ValueError):
     """The config file's workers are invalid; `problems` has one line per problem."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid [[workers]] in the config file:\n  " + "\n  ".join(problems))
+    def __init__(self, problems: list[str], source: str = "the config file") -> None:
+        super().__init__(f"invalid [[workers]] in {source}:\n  " + "\n  ".join(problems))
         self.problems = problems
 
 
@@ -60,6 +60,15 @@ def read_workers(tables: Any, environ: Mapping[str, str]) -> tuple[WorkerSpec, .
     if problems:
         raise WorkersError(problems)
     return tuple(specs)
+
+
+def expand_references(value: Any, environ: Mapping[str, str]) -> Any:
+    """Return `value` with `${NAME}` replaced in every string; ValueError names what is unset."""
+    found: list[str] = []
+    expanded = _expand(value, environ, "", found)
+    if found:
+        raise ValueError("; ".join(found))
+    return expanded
 
 
 def _expand(value: Any, environ: Mapping[str, str], path: str, found: list[str]) -> Any:

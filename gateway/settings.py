@@ -198,7 +198,10 @@ def load_settings(
             values.update(tomllib.load(handle))
         values["config_file"] = config_file.absolute()  # symlinks kept: the operator's name
         if "workers" in values:
-            values["workers"] = read_workers(values["workers"], environ)
+            try:
+                values["workers"] = read_workers(values["workers"], environ)
+            except WorkersError as exc:
+                raise WorkersError(exc.problems, str(config_file)) from None
     for name in Settings.model_fields:
         if name in _FILE_ONLY:
             continue
