@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from gateway.settings import WorkersError, load_settings
 from gateway.supervisor import child_settings, read_child_settings
+from registry import EmbeddedRedis
 from registry.keys import Keys
 from tests.conftest import Gateway, GatewayFactory, WorkerFactory
 from tests.workers import FakeWorker
@@ -267,3 +268,27 @@ def test_file_workers_reach_the_processes_of_processes_n(tmp_path: Path) -> None
     assert child.workers == settings.workers
     assert child.workers[0].header == {"Authorization": "Bearer k-123"}
     assert "k-123" not in repr(settings)
+
+
+async def test_file_is_applied_once_redis_answers_after_a_start_without_it(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    worker = await make_worker()
+    server = EmbeddedRedis(tmp_path / "late-redis", persist=False)
+    settings = load_settings(
+        config_file=config(tmp_path, worker_table("late", worker)), environ={"WORKER_KEY": "k"}
+    )
+    gateway = await make_gateway(
+        redis_url=server.url, config_file=settings.config_file, workers=settings.workers
+    )
+    try:
+        server.start()
+        async with gateway.client() as http:
+            for _ in range(400):
+                reply = await http.get("/api/server/workers")
+                if reply.status_code == 200 and reply.json()["data"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [w["model_name"] for w in reply.json()["data"]] == ["late"]
+    finally:
+        server.stop()
