@@ -3,7 +3,6 @@
 import asyncio
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -17,7 +16,7 @@ from gateway.observe import note_model, note_worker
 from gateway.pool import Pool
 from gateway.state import FAILOVER, ROUTER
 from gateway.stream import Stream, StreamBroken
-from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
+from templates.codecs import StreamEncoder
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -92,16 +91,19 @@ def find_pool(request: web.Request, model: str) -> Pool:
             f"the registry is not loaded yet ({router.reason}); retry shortly",
             headers={"Retry-After": "1"},
         )
-    raise UnknownModel(unknown_model_message(model, router.models()))
+    raise unknown_model(model, router.models())
 
 
-def unknown_model_message(model: str, known: Sequence[str]) -> str:
-    """Say that `model` has no worker and name the models that do, the closest ones first."""
+def unknown_model(model: str, known: Sequence[str], *, lead: str = "") -> UnknownModel:
+    """The 404 for `model`, naming the models that have workers, the closest ones first.
+
+    `lead` replaces the opening words (a protocol's own phrasing of "not found").
+    """
     shown = model if len(model) <= 100 else model[:100] + "..."
+    lead = lead or f"no worker is registered for model {shown!r}"
     if not known:
-        return (
-            f"no worker is registered for model {shown!r}, nor for any other model yet; "
-            "register one with POST /api/server/register"
+        return UnknownModel(
+            f"{lead}, nor for any other model yet; register one with POST /api/server/register"
         )
     close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
     if not close:  # a different case or a version suffix is what people get wrong most
@@ -112,9 +114,8 @@ def unknown_model_message(model: str, known: Sequence[str]) -> str:
     if len(named) > SUGGESTED_MODELS:
         listed += f" and {len(named) - SUGGESTED_MODELS} more"
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return (
-        f"no worker is registered for model {shown!r}; {hint}registered models: {listed} "
-        "(GET /v1/models or /api/tags lists them all)"
+    return UnknownModel(
+        f"{lead}; {hint}registered models: {listed} (GET /v1/models or /api/tags lists them all)"
     )
 
 
@@ -123,47 +124,37 @@ def note_answer(request: web.Request, answer: Answer) -> None:
     note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
 
 
-@dataclass(frozen=True, slots=True)
-class StreamShape:
-    """How a route family frames a streamed answer."""
-
-    content_type: str
-    encode: Callable[[str], bytes]  # one piece of text
-    finish: bytes  # after the last piece
-    error: Callable[[str], bytes]  # when the worker fails midway
-
-
 async def answer(
     request: web.Request,
     model: str,
     call: Call,
     whole: Callable[[Answer], Any],
-    shape: StreamShape | None = None,
+    encoder: Callable[[], StreamEncoder] | None = None,
 ) -> web.StreamResponse:
-    """Answer `call` whole (the worker's own JSON, or `whole` of its text) or as a stream."""
+    """Answer `call` whole (the worker's own JSON, or `whole` of the answer) or as a stream."""
     pool = find_pool(request, model)
     failover = request.app[FAILOVER]
-    if not call.stream or shape is None:
+    if not call.stream or encoder is None:
         result = await failover.complete(pool, call)
         note_answer(request, result)
         if result.raw is not None:
             return web.Response(body=result.raw, content_type="application/json")
         return json_response(whole(result))
     stream = await failover.open_stream(pool, call)
-    return await relay(request, stream, shape)
+    return await relay(request, stream, encoder())
 
 
-async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web.StreamResponse:
+async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
-    Text pieces are framed by `shape` and followed by its `finish`; bytes (a same-protocol
-    worker's own stream) are relayed untouched, its own end marker included. If the client goes
-    away, the handler is cancelled and the `finally` closes the worker's connection at once.
+    Events (a translated answer) are encoded by the client's `encoder`, which also closes the
+    stream; bytes (a same-protocol worker's own stream) are relayed untouched, its own end
+    marker included. If the client goes away, the handler is cancelled and the `finally`
+    closes the worker's connection at once.
     """
-    encode = shape.encode
     response = web.StreamResponse(
         headers={
-            "Content-Type": shape.content_type,
+            "Content-Type": encoder.content_type,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }
@@ -179,12 +170,15 @@ async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web
             if direct and transport is not None:
                 await stream.forward(_ChunkedSink(transport))
             else:
+                event = encoder.event
                 async for piece in stream.pieces():
-                    await response.write(piece if isinstance(piece, bytes) else encode(piece))
+                    data = piece if isinstance(piece, bytes) else event(piece)
+                    if data:
+                        await response.write(data)
                 if not stream.passthrough:
-                    await response.write(shape.finish)
+                    await response.write(encoder.end())
         except StreamBroken as exc:
-            await response.write(shape.error(str(exc)))
+            await response.write(encoder.error(str(exc)))
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away; closing the worker's side is all there is to do
@@ -212,58 +206,3 @@ class _ChunkedSink:
 
     def backlog(self) -> int:
         return self._transport.get_write_buffer_size()
-
-
-def content_text(content: Any) -> str:
-    """Return the text of a message's content: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("text")
-        )
-    return ""
-
-
-def chat_values(
-    messages: list[dict[str, Any]],
-    *,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-) -> dict[str, Any]:
-    """Placeholder values of a chat request: the last user message is {USER_PROMPT}."""
-    user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
-    return {
-        USER_PROMPT: content_text(user.get("content")) if user is not None else "",
-        SYSTEM_PROMPT: content_text(system.get("content")) if system is not None else None,
-        MESSAGES: messages,
-        MODEL_TEMPERATURE: temperature,
-        TOP_P: top_p,
-        MAX_TOKENS: max_tokens,
-    }
-
-
-def prompt_values(
-    prompt: Any,
-    *,
-    system: str | None = None,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-) -> dict[str, Any]:
-    """Placeholder values of a plain completion request (a prompt, no message list)."""
-    messages = [{"role": "user", "content": prompt}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
-    values = chat_values(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    values[USER_PROMPT] = prompt
-    return values
-
-
-def vectors(value: Any) -> list[Any]:
-    """Normalise a worker's embeddings (OpenAI `data` objects or Ollama lists) to vectors."""
-    if not isinstance(value, list):
-        return []
-    return [item.get("embedding") if isinstance(item, dict) else item for item in value]
