@@ -18,8 +18,10 @@ $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(RUN_STAMP)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml tests/node/package-lock.json | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The OpenAI Node SDK, for tests/gateway/test_sdk_clients.py (skipped without npm).
+	if command -v npm >/dev/null; then cd tests/node && npm ci --no-audit --no-fund --silent; fi
 	touch $(STAMP) $(RUN_STAMP)
 
 run: $(RUN_STAMP)
