@@ -16,6 +16,7 @@ from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
 from gateway.browser import browser_guard
+from gateway.declared import Declared
 from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.failover import Failover
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> web.Application:
             _redis_server,
             _redis_client,
             _upstream,
+            _config_workers,
             _follower,
             _health_checker,
             _reaper,
@@ -292,6 +294,22 @@ async def _background(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _config_workers(app: web.Application) -> AsyncIterator[None]:
+    # Before the follower: its first snapshot then holds the file's workers.
+    settings = app[SETTINGS]
+    if settings.config_file is None:
+        yield
+        return
+    file = Declared(
+        app[STORE], str(settings.config_file), settings.workers, app[ROUTER].apply_local
+    )
+    if await file.apply():
+        yield
+        return
+    async with _background("config-workers", file.retry):
+        yield
 
 
 async def _follower(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@
     │   ├── UnknownWorker    404  no worker with that identity
     │   └── UnknownKey       404  no API key with that id
     ├── MethodNotAllowed     405
-    ├── Conflict             409  worker already registered
+    ├── Conflict             409  worker already registered, or managed by a config file
     ├── PayloadTooLarge      413
     ├── UnsupportedMediaType 415  a body that is not JSON where only JSON is taken (admin routes)
     ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
@@ -178,6 +178,7 @@ def invalid(exc: ValidationError, what: str) -> GatewayError:
 
 _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.DuplicateWorker: Conflict,
+    registry.ManagedWorker: Conflict,
     registry.UnknownWorker: UnknownWorker,
     registry.UnknownApiKey: UnknownKey,
     registry.StoreUnavailable: StoreUnavailable,

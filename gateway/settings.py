@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from registry import check_url
+from gateway.declared import WorkersError, read_workers
+from registry import WorkerSpec, check_url
 
 ENV_PREFIX = "GATEWAY_"
 # prometheus_client's own switch for multiprocess mode; read here so nothing else reads it.
@@ -123,6 +124,11 @@ class Settings(BaseModel):
     access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
     metrics_multiproc_dir: Path | None = None
 
+    # The config file these settings were read from, and the workers it declares
+    # ([[workers]], gateway/declared.py); neither comes from the environment.
+    config_file: Path | None = None
+    workers: tuple[WorkerSpec, ...] = Field(default=(), repr=False)  # headers hold secrets
+
     @field_validator("access_log", mode="before")
     @classmethod
     def _access_log_switch(cls, value: Any) -> Any:
@@ -170,20 +176,35 @@ class Settings(BaseModel):
         return self
 
 
+_FILE_ONLY = frozenset({"config_file", "workers"})
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     *,
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge the sources in order of precedence and validate once."""
+    """Merge the sources in order of precedence and validate once.
+
+    Raise OSError (unreadable file), tomllib.TOMLDecodeError, WorkersError (the file's
+    workers, each problem named) or ValidationError (the settings).
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     config_file = config_file or _env_path(environ.get(ENV_PREFIX + "CONFIG"))
     if config_file is not None:
         with open(config_file, "rb") as handle:
             values.update(tomllib.load(handle))
+        values["config_file"] = config_file.absolute()  # symlinks kept: the operator's name
+        if "workers" in values:
+            try:
+                values["workers"] = read_workers(values["workers"], environ)
+            except WorkersError as exc:
+                raise WorkersError(exc.problems, str(config_file)) from None
     for name in Settings.model_fields:
+        if name in _FILE_ONLY:
+            continue
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = raw
@@ -197,4 +218,4 @@ def _env_path(raw: str | None) -> Path | None:
     return Path(raw) if raw else None
 
 
-__all__ = ["Settings", "ValidationError", "default_data_dir", "load_settings"]
+__all__ = ["Settings", "ValidationError", "WorkersError", "default_data_dir", "load_settings"]

@@ -5,12 +5,14 @@ from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import (
     DuplicateWorker,
+    ManagedWorker,
     RegistryError,
     StoreUnavailable,
     UnknownApiKey,
     UnknownWorker,
 )
 from registry.lease import Lease
+from registry.managed import Applied, apply_managed
 from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
 from registry.store import REDIS_ERRORS, RegistryStore
 from registry.watch import Follower, ViewSink, pause
@@ -20,6 +22,7 @@ __all__ = [
     "Admission",
     "ApiKey",
     "ApiKeyStore",
+    "Applied",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
@@ -27,6 +30,7 @@ __all__ = [
     "Follower",
     "Health",
     "Lease",
+    "ManagedWorker",
     "NewApiKey",
     "RegisterRequest",
     "RegistryError",
@@ -38,6 +42,7 @@ __all__ = [
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
+    "apply_managed",
     "check_url",
     "connect",
     "hash_key",

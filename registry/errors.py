@@ -9,6 +9,10 @@ class DuplicateWorker(RegistryError):
     """The (model_name, req_url_template) identity is already registered."""
 
 
+class ManagedWorker(RegistryError):
+    """The worker is declared in a config file: only that file changes or removes it."""
+
+
 class UnknownWorker(RegistryError):
     """No worker with that identity is registered."""
 

@@ -192,12 +192,24 @@ class WorkerRecord(WorkerSpec):
 
     id: str
     registered_at: float = Field(default_factory=time.time)
+    # The config file that declares the worker (None: registered through the API). The API
+    # refuses to change or remove a worker a file manages.
+    managed_by: str | None = None
 
     @classmethod
-    def from_spec(cls, spec: WorkerSpec) -> "WorkerRecord":
+    def from_spec(
+        cls,
+        spec: WorkerSpec,
+        *,
+        managed_by: str | None = None,
+        registered_at: float | None = None,
+    ) -> "WorkerRecord":
         # `spec` is validated and compiled already: build without validating again.
         record = cls.model_construct(
-            id=spec.worker_id, registered_at=time.time(), **spec.model_dump()
+            id=spec.worker_id,
+            registered_at=time.time() if registered_at is None else registered_at,
+            managed_by=managed_by,
+            **spec.model_dump(),
         )
         record._plan = spec._plan
         return record

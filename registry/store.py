@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from registry.errors import DuplicateWorker, StoreUnavailable, UnknownWorker
+from registry.errors import DuplicateWorker, ManagedWorker, StoreUnavailable, UnknownWorker
 from registry.keys import Keys
 from registry.models import Change, Health, WorkerRecord, other_forms, worker_id
 
@@ -23,12 +23,30 @@ T = TypeVar("T")
 # Milliseconds on the Redis server's clock, so every gateway agrees on heartbeat deadlines.
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+# The config file that manages the record in `old` (its JSON), or nil.
+_MANAGER = """
+local function manager(old)
+  if not old then return nil end
+  local by = cjson.decode(old)['managed_by']
+  if by == nil or by == cjson.null then return nil end
+  return by
+end
+"""
+
 # KEYS: workers, model index, version, expiry, health.
 # ARGV: id, record JSON, replace flag, channel, ttl in ms ("" when the worker has none).
+# Answers the new version, -1 when the worker exists and replace is off, or the path of the
+# config file that manages the worker (the API does not change those).
 _PUT = (
     _NOW_MS
+    + _MANAGER
     + """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and ARGV[3] ~= '1' then
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local by = manager(old)
+if by then
+  return by
+end
+if old and ARGV[3] ~= '1' then
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -46,7 +64,15 @@ return v
 )
 
 # KEYS: workers, model index, version, expiry, health. ARGV: id, channel.
-_DEL = """
+# Answers the new version, -1 when there is no such worker, or the path of the config file
+# that manages it.
+_DEL = (
+    _MANAGER
+    + """
+local by = manager(redis.call('HGET', KEYS[1], ARGV[1]))
+if by then
+  return by
+end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return -1
 end
@@ -57,6 +83,7 @@ local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"del","id":"' .. ARGV[1] .. '"}')
 return v
 """
+)
 
 # KEYS: workers, health, version. ARGV: id, health JSON, channel.
 _HEALTH = """
@@ -141,6 +168,8 @@ class RegistryStore:
         ttl_ms = "" if record.ttl_s is None else str(int(record.ttl_s * 1000))
         args = [record.id, payload, "1" if replace else "0", k.events, ttl_ms]
         version = await guard(lambda: self._put(keys=keys, args=args))
+        if isinstance(version, bytes):
+            raise managed(record.model_name, record.req_url_template, version)
         if version == -1:
             raise DuplicateWorker(
                 f"worker (model_name={record.model_name}, "
@@ -154,14 +183,18 @@ class RegistryStore:
         k = self.keys
         keys = [k.workers, k.model(model_name), k.version, k.expiry, k.health]
 
-        async def delete(wid: str) -> int:
-            return int(await guard(lambda: self._del(keys=keys, args=[wid, k.events])))
+        async def delete(wid: str) -> int | bytes:
+            # The new version, -1, or the path of the config file that manages the worker.
+            answer: int | bytes = await guard(lambda: self._del(keys=keys, args=[wid, k.events]))
+            return answer
 
         wid = worker_id(model_name, req_url_template)
         version = await delete(wid)
         if version == -1 and (other := await self._other_form(model_name, req_url_template)):
             wid = other
             version = await delete(wid)
+        if isinstance(version, bytes):
+            raise managed(model_name, req_url_template, version)
         if version == -1:
             raise UnknownWorker(
                 f"no worker (model_name={model_name}, url={req_url_template}) is registered; "
@@ -261,6 +294,15 @@ class RegistryStore:
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await guard(self.redis.ping)
+
+
+def managed(model_name: str, req_url_template: str, source: bytes) -> ManagedWorker:
+    """The error for an API write to a worker that the config file `source` declares."""
+    return ManagedWorker(
+        f"worker (model_name={model_name}, req_url_template={req_url_template}) is declared "
+        f"in the config file {source.decode(errors='replace')}: change or remove it there and "
+        "restart the gateway; the API does not change workers a config file manages"
+    )
 
 
 def parse_change(data: bytes | str) -> Change | None:

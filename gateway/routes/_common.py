@@ -1,7 +1,8 @@
 """What every route family shares: reading JSON bodies, finding a pool, relaying streams."""
 
 import asyncio
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -18,6 +19,9 @@ from gateway.stream import Stream, StreamBroken
 from templates.codecs import StreamEncoder
 
 M = TypeVar("M", bound=BaseModel)
+
+# How many registered models a 404 for an unknown one names.
+SUGGESTED_MODELS = 10
 
 # Deeper bodies are refused: the JSON encoder that sends a body on to a worker stops at 254
 # levels, and no real request comes near this.
@@ -87,9 +91,31 @@ def find_pool(request: web.Request, model: str) -> Pool:
             f"the registry is not loaded yet ({router.reason}); retry shortly",
             headers={"Retry-After": "1"},
         )
-    raise UnknownModel(
-        f"no worker is registered for model {model!r}; "
-        "GET /api/server/workers (or /v1/models, /api/tags) lists the registered models"
+    raise unknown_model(model, router.models())
+
+
+def unknown_model(model: str, known: Sequence[str], *, lead: str = "") -> UnknownModel:
+    """The 404 for `model`, naming the models that have workers, the closest ones first.
+
+    `lead` replaces the opening words (a protocol's own phrasing of "not found").
+    """
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    lead = lead or f"no worker is registered for model {shown!r}"
+    if not known:
+        return UnknownModel(
+            f"{lead}, nor for any other model yet; register one with POST /api/server/register"
+        )
+    close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+    if not close:  # a different case or a version suffix is what people get wrong most
+        folded = model.casefold()
+        close = [name for name in known if folded in name.casefold()][:3]
+    named = close + [name for name in known if name not in close]
+    listed = ", ".join(repr(name) for name in named[:SUGGESTED_MODELS])
+    if len(named) > SUGGESTED_MODELS:
+        listed += f" and {len(named) - SUGGESTED_MODELS} more"
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UnknownModel(
+        f"{lead}; {hint}registered models: {listed} (GET /v1/models or /api/tags lists them all)"
     )
 
 
