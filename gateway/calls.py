@@ -54,8 +54,9 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
         head = op.plan.render({MODEL_NAME: served})
         http = RenderedRequest("POST", head.url, head.headers, orjson.dumps(body))
         passthrough = True
-        if record.upstream_model:
-            rename = str(call.body.get("model", "")).encode()
+        asked = str(call.body.get("model", ""))
+        if asked != served:  # the worker's own name, or a fallback's: the client sees its own
+            rename = asked.encode()
     else:
         values = dict(call.values)
         values[MODEL_NAME] = served

@@ -17,6 +17,7 @@
     ├── Overloaded           429  every worker of the model is at its max_concurrency
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
     ├── WorkerRefused        4xx  a same-protocol worker refused the client's own request
+    │   └── ContextTooLong   400  a worker said the prompt is longer than its context window
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
@@ -131,6 +132,15 @@ class WorkerRefused(GatewayError):
         super().__init__(message, status=status)
 
 
+class ContextTooLong(WorkerRefused):
+    """The worker said the prompt does not fit its context window (a fallback trigger)."""
+
+    code = "context_length_exceeded"  # OpenAI's own code for it
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
 class UpstreamError(GatewayError):
     status, code, openai_type = 502, "upstream_error", "api_error"
 
@@ -171,6 +181,7 @@ _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.DuplicateWorker: Conflict,
     registry.UnknownWorker: UnknownWorker,
     registry.UnknownApiKey: UnknownKey,
+    registry.UnknownModelSettings: UnknownModel,
     registry.StoreUnavailable: StoreUnavailable,
 }
 

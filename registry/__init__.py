@@ -8,18 +8,39 @@ from registry.errors import (
     RegistryError,
     StoreUnavailable,
     UnknownApiKey,
+    UnknownModelSettings,
     UnknownWorker,
 )
 from registry.lease import Lease
-from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
-from registry.store import REDIS_ERRORS, RegistryStore
+from registry.model_settings import (
+    TRIGGERS,
+    AliasTarget,
+    Balancing,
+    ModelRecord,
+    ModelSettings,
+    Trigger,
+    check_name,
+)
+from registry.models import (
+    Change,
+    Health,
+    Load,
+    RegisterRequest,
+    WorkerKey,
+    WorkerRecord,
+    WorkerSpec,
+)
+from registry.store import REDIS_ERRORS, RegistryStore, Snapshot
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "REDIS_ERRORS",
+    "TRIGGERS",
     "Admission",
+    "AliasTarget",
     "ApiKey",
     "ApiKeyStore",
+    "Balancing",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
@@ -27,17 +48,24 @@ __all__ = [
     "Follower",
     "Health",
     "Lease",
+    "Load",
+    "ModelRecord",
+    "ModelSettings",
     "NewApiKey",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "Snapshot",
     "StoreUnavailable",
+    "Trigger",
     "UnknownApiKey",
+    "UnknownModelSettings",
     "UnknownWorker",
     "ViewSink",
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
+    "check_name",
     "check_url",
     "connect",
     "hash_key",

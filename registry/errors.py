@@ -19,3 +19,7 @@ class StoreUnavailable(RegistryError):
 
 class UnknownApiKey(RegistryError):
     """No API key with that id exists (never created, or revoked)."""
+
+
+class UnknownModelSettings(RegistryError):
+    """No settings are stored for that model."""

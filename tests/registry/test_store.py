@@ -10,6 +10,7 @@ from registry import (
     DuplicateWorker,
     Follower,
     Health,
+    ModelRecord,
     RegistryStore,
     UnknownWorker,
     WorkerRecord,
@@ -31,7 +32,13 @@ class ListSink:
         self.loads = 0
         self.connected = False
 
-    def load(self, version: int, records: list[WorkerRecord], health: dict[str, Health]) -> None:
+    def load(
+        self,
+        version: int,
+        records: list[WorkerRecord],
+        health: dict[str, Health],
+        models: list[ModelRecord],
+    ) -> None:
         self.version = version
         self.records = {r.id: r for r in records}
         self.loads += 1
@@ -58,7 +65,8 @@ async def test_writes_bump_the_version_and_update_the_model_index(
     gone = await store.delete("m", "http://a/x")
     assert gone.v == 3 and gone.op == "del"
     assert await redis.smembers(store.keys.model("m")) == {second.id.encode()}
-    version, records, health = await store.snapshot()
+    version, records, health, models = await store.snapshot()
+    assert models == []
     assert health == {}
     assert version == 3
     assert [r.req_url_template for r in records] == ["http://b/x"]

@@ -1,0 +1,171 @@
+"""Prefix and session affinity: requests that share a prompt's start go to the same worker.
+
+A worker that already holds a prompt's prefix in its KV cache skips computing it again, so its
+first token comes much sooner. `balancing = "prefix"` sends requests that share a start to the
+same worker, the same one in every gateway process, without asking Redis or any other process:
+
+- The key. A request's session, when it names one (the `X-Session-ID` header, else the
+  OpenAI `user` field), else the start of its conversation: its messages up to and including
+  the first user message, role and text, cut to the model's `prefix_chars`. A system prompt
+  longer than that keys by itself; a shorter one keys together with the first question, so
+  every turn of one conversation (they all start the same) lands on the worker that holds it.
+  The key is a 64-bit BLAKE2b of that text: the same in every process and every run.
+- The choice. Weighted rendezvous hashing (HRW): each worker scores the key with a hash of
+  (key, worker id), scaled by its weight; the key's workers in score order are its preference
+  list. A worker that joins takes over only the keys it now scores highest on (about 1/N of
+  them), a worker that leaves gives up only its own; no ring, no virtual nodes to tune.
+- The bound. A worker takes a request for its key while its load (this process's requests in
+  flight plus, when it publishes /metrics, the others' from its last report) is below
+  max(`min_spill_load`, ceil(`max_load_ratio` x the pool's mean load with this request));
+  otherwise the request goes to the key's next worker that is below its bound. Some worker
+  always is. A hot prefix thus spills over its own preference list, the same one in every
+  process, so its overflow also warms only a few caches rather than all of them.
+
+Requests with no key (no messages, an empty prompt) go to the least loaded worker.
+"""
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway.balancing import LeastLoad, Ready
+from gateway.calls import Call
+from gateway.worker import Worker
+from templates import MESSAGES
+
+SESSION_HEADER = "X-Session-ID"
+_MAX_SESSION_CHARS = 256
+_MASK = (1 << 64) - 1
+
+
+class Affinity:
+    """What one request can be placed by: its session, else the start of its conversation."""
+
+    __slots__ = ("_chars", "_key", "_messages", "session")
+
+    def __init__(self, session: str | None, messages: Sequence[Any] | None) -> None:
+        self.session = session[:_MAX_SESSION_CHARS] if session else None
+        self._messages = messages
+        self._chars = -1
+        self._key: int | None = None
+        if self.session is not None:
+            self._key = digest("session\x1f" + self.session)
+
+    def key(self, prefix_chars: int) -> int | None:
+        """The request's 64-bit placement key for a pool keyed on `prefix_chars` characters."""
+        if self.session is not None or self._chars == prefix_chars:
+            return self._key
+        text = root_text(self._messages or (), prefix_chars)
+        self._chars, self._key = prefix_chars, digest(text) if text else None
+        return self._key
+
+
+def affinity_of(request: web.Request, call: Call) -> Affinity:
+    """Read a request's session and conversation for the `prefix` strategy (cheap: lazy)."""
+    session = request.headers.get(SESSION_HEADER)
+    if not session and call.body is not None:
+        user = call.body.get("user")
+        session = user if isinstance(user, str) else None
+    messages = call.values.get(MESSAGES)
+    return Affinity(session, messages if isinstance(messages, list) else None)
+
+
+def root_text(messages: Sequence[Any], limit: int) -> str:
+    """The conversation's start: each message up to the first user one, cut to `limit` chars."""
+    parts: list[str] = []
+    size = 0
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        role_text = role[:32] if isinstance(role, str) else ""
+        piece = f"{role_text}\x1f{_text(message.get('content'), limit - size)}\x1e"
+        parts.append(piece)
+        size += len(piece)
+        if size >= limit or role == "user":
+            break
+    return "".join(parts)[:limit]
+
+
+def _text(content: Any, limit: int) -> str:
+    if isinstance(content, str):
+        return content[: max(limit, 0)]
+    if isinstance(content, list):
+        texts = []
+        size = 0
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                texts.append(part["text"][: max(limit - size, 0)])
+                size += len(texts[-1])
+                if size >= limit:
+                    break
+        return "".join(texts)
+    return ""
+
+
+def digest(text: str) -> int:
+    """Return a 64-bit hash of `text`, the same in every process (unlike `hash()`)."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "big")
+
+
+def mix64(value: int) -> int:
+    """Return `value` (64 bits) well mixed, for scoring a key against a worker or model."""
+    # MurmurHash3's 64-bit finalizer: a bijection that spreads every input bit over the output.
+    value = ((value ^ (value >> 33)) * 0xFF51AFD7ED558CCD) & _MASK
+    value = ((value ^ (value >> 33)) * 0xC4CEB9FE1A85EC53) & _MASK
+    return value ^ (value >> 33)
+
+
+def rank(key: int, workers: Sequence[Worker]) -> list[Worker]:
+    """Return `workers` in the key's rendezvous preference order, best first."""
+    weights = {w.record.weight for w in workers}
+    if len(weights) == 1:
+        return sorted(workers, key=lambda w: mix64(key ^ w.seed), reverse=True)
+
+    def score(worker: Worker) -> float:
+        # Weighted rendezvous: -w / ln(u) with u uniform in (0, 1) picks each worker in
+        # proportion to its weight, and stays minimal on changes like the plain form.
+        unit = ((mix64(key ^ worker.seed) >> 11) + 0.5) * 2.0**-53
+        return -worker.record.weight / math.log(unit)
+
+    return sorted(workers, key=score, reverse=True)
+
+
+class PrefixAffinity:
+    """Rendezvous hashing on the request's affinity key, with bounded load (see above)."""
+
+    __slots__ = ("_unkeyed", "max_load_ratio", "min_spill_load", "prefix_chars")
+
+    def __init__(
+        self, prefix_chars: int = 1024, max_load_ratio: float = 1.25, min_spill_load: int = 8
+    ) -> None:
+        self.prefix_chars = prefix_chars
+        self.max_load_ratio = max_load_ratio
+        self.min_spill_load = min_spill_load
+        self._unkeyed = LeastLoad()
+
+    def order(
+        self, workers: tuple[Worker, ...], ready: Ready, tries: int, affinity: Affinity | None
+    ) -> list[Worker]:
+        key = affinity.key(self.prefix_chars) if affinity is not None else None
+        if key is None:
+            return self._unkeyed.order(workers, ready, tries, None)
+        able = [w for w in workers if ready(w)]
+        if not able:
+            return []
+        ranked = rank(key, able)
+        if len(ranked) == 1:
+            return ranked
+        loads = [w.stats.load() for w in ranked]
+        # The bound counts this request in: (total + 1). Some worker is always below it.
+        share = self.max_load_ratio * (sum(loads) + 1) / sum(w.record.weight for w in ranked)
+        under: list[Worker] = []
+        over: list[Worker] = []
+        for worker, load in zip(ranked, loads, strict=True):
+            bound = max(self.min_spill_load, math.ceil(share * worker.record.weight))
+            (under if load < bound else over).append(worker)
+        return (under + over)[:tries]
