@@ -5,13 +5,16 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from gateway.router import Router
 from registry import (
     Change,
     DuplicateWorker,
     Follower,
     Health,
     ModelRecord,
+    ModelSettings,
     RegistryStore,
+    UnknownModelSettings,
     UnknownWorker,
     WorkerRecord,
     WorkerSpec,
@@ -137,6 +140,40 @@ async def test_follower_resyncs_when_it_missed_events(redis: Redis, key_prefix: 
         await redis.incr(store.keys.version)
         await wait_for(lambda: lost.id in sink.records)
         assert sink.version == 1 and sink.loads == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_model_settings_share_the_version_and_reach_followers_as_events(
+    redis: Redis, key_prefix: str
+) -> None:
+    store = RegistryStore(redis, key_prefix)
+    router = Router()
+    follower = Follower(store, router, check_interval_s=0.2)
+    task = asyncio.create_task(follower.run())
+    name = 'org/"quoted" \\ name'  # quotes and backslashes must survive the event's JSON
+    try:
+        await wait_for(lambda: router.loaded)
+        await store.put(record(model=name), replace=False)
+        settings = ModelSettings(balancing="prefix", fallbacks=["other"])
+        change = await store.put_model(ModelRecord(name=name, settings=settings))
+        assert change.v == 2
+        await wait_for(lambda: router.version == 2)
+        assert router.settings_of(name) == settings
+        assert router.source_of(name) == "api"
+        pool = router.pool(name)
+        assert pool is not None and type(pool.balancer).__name__ == "PrefixAffinity"
+
+        gone = await store.delete_model(name)
+        await wait_for(lambda: router.version == gone.v)
+        assert router.settings_of(name) is None
+        assert type(pool.balancer).__name__ == "RoundRobin"
+        with pytest.raises(UnknownModelSettings):
+            await store.delete_model(name)
+        assert router.version == await store.version()
+        snapshot = await store.snapshot()
+        assert snapshot.models == [] and snapshot.version == 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
