@@ -120,25 +120,17 @@ def mix64(value: int) -> int:
     return value ^ (value >> 33)
 
 
-def rank(key: int, workers: Sequence[Worker]) -> list[Worker]:
-    """Return `workers` in the key's rendezvous preference order, best first."""
-    weights = {w.record.weight for w in workers}
-    if len(weights) == 1:
-        return sorted(workers, key=lambda w: mix64(key ^ w.seed), reverse=True)
-
-    def score(worker: Worker) -> float:
-        # Weighted rendezvous: -w / ln(u) with u uniform in (0, 1) picks each worker in
-        # proportion to its weight, and stays minimal on changes like the plain form.
-        unit = ((mix64(key ^ worker.seed) >> 11) + 0.5) * 2.0**-53
-        return -worker.record.weight / math.log(unit)
-
-    return sorted(workers, key=score, reverse=True)
-
-
 class PrefixAffinity:
     """Rendezvous hashing on the request's affinity key, with bounded load (see above)."""
 
-    __slots__ = ("_unkeyed", "max_load_ratio", "min_spill_load", "prefix_chars")
+    __slots__ = (
+        "_pool",
+        "_uniform",
+        "_unkeyed",
+        "max_load_ratio",
+        "min_spill_load",
+        "prefix_chars",
+    )
 
     def __init__(
         self, prefix_chars: int = 1024, max_load_ratio: float = 1.25, min_spill_load: int = 8
@@ -147,6 +139,8 @@ class PrefixAffinity:
         self.max_load_ratio = max_load_ratio
         self.min_spill_load = min_spill_load
         self._unkeyed = LeastLoad()
+        self._pool: tuple[Worker, ...] = ()
+        self._uniform = True  # every worker of the pool has the same weight
 
     def order(
         self, workers: tuple[Worker, ...], ready: Ready, tries: int, affinity: Affinity | None
@@ -154,18 +148,49 @@ class PrefixAffinity:
         key = affinity.key(self.prefix_chars) if affinity is not None else None
         if key is None:
             return self._unkeyed.order(workers, ready, tries, None)
-        able = [w for w in workers if ready(w)]
-        if not able:
-            return []
-        ranked = rank(key, able)
-        if len(ranked) == 1:
-            return ranked
-        loads = [w.stats.load() for w in ranked]
-        # The bound counts this request in: (total + 1). Some worker is always below it.
-        share = self.max_load_ratio * (sum(loads) + 1) / sum(w.record.weight for w in ranked)
-        under: list[Worker] = []
+        if workers is not self._pool:  # a pool's tuple is replaced whenever it changes
+            self._pool = workers
+            self._uniform = len({w.record.weight for w in workers}) == 1
+        able: list[Worker] = []
+        scores: list[int] = []
+        total = 0
+        mask = _MASK
+        for worker in workers:  # one pass: the hot loop of the strategy, kept inline
+            if not ready(worker):
+                continue
+            stats = worker.stats
+            total += stats.in_flight + stats.others
+            value = key ^ worker.seed
+            value = ((value ^ (value >> 33)) * 0xFF51AFD7ED558CCD) & mask
+            value = ((value ^ (value >> 33)) * 0xC4CEB9FE1A85EC53) & mask
+            able.append(worker)
+            scores.append(value ^ (value >> 33))
+        if len(able) <= 1:
+            return able
+        if self._uniform:
+            ranked = sorted(range(len(able)), key=scores.__getitem__, reverse=True)
+            weights = len(able) * able[0].record.weight
+        else:
+            # Weighted rendezvous: -w / ln(u), u uniform in (0, 1), picks each worker in
+            # proportion to its weight and stays minimal on changes like the plain form.
+            weighted = [
+                -w.record.weight / math.log(((score >> 11) + 0.5) * 2.0**-53)
+                for w, score in zip(able, scores, strict=True)
+            ]
+            ranked = sorted(range(len(able)), key=weighted.__getitem__, reverse=True)
+            weights = sum(w.record.weight for w in able)
+        # The bound counts this request in (total + 1): some worker is always below it.
+        share = self.max_load_ratio * (total + 1) / weights
+        floor = self.min_spill_load
+        chosen: list[Worker] = []
         over: list[Worker] = []
-        for worker, load in zip(ranked, loads, strict=True):
-            bound = max(self.min_spill_load, math.ceil(share * worker.record.weight))
-            (under if load < bound else over).append(worker)
-        return (under + over)[:tries]
+        for index in ranked:
+            worker = able[index]
+            stats = worker.stats
+            if stats.in_flight + stats.others < max(floor, math.ceil(share * worker.record.weight)):
+                chosen.append(worker)
+                if len(chosen) == tries:
+                    return chosen
+            else:
+                over.append(worker)
+        return (chosen + over)[:tries]

@@ -134,18 +134,21 @@ class LeastLoad:
         start = self._next % count
         self._next = start + 1
         best: int | None = None
-        best_key = (0.0, 0.0)
+        best_load = 0.0
+        best_kv = 0.0
         for step in range(count):
             index = (start + step) % count
             worker = workers[index]
             if not ready(worker):
                 continue
             stats = worker.stats
+            load = (stats.in_flight + stats.others) / worker.record.weight
+            if best is not None and load > best_load:
+                continue
             report = stats.report
-            kv = report.kv_usage if report is not None and report.kv_usage is not None else 0.0
-            key = (stats.load() / worker.record.weight, kv)
-            if best is None or key < best_key:
-                best, best_key = index, key
+            kv = report.kv_usage or 0.0 if report is not None else 0.0
+            if best is None or load < best_load or kv < best_kv:
+                best, best_load, best_kv = index, load, kv
         if best is None:
             return []
         return _then_the_rest(workers, ready, best, tries)

@@ -14,6 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -28,6 +29,7 @@ access_log = logging.getLogger("gateway.access")
 HEADER = "X-Request-ID"
 MODEL_HEADER = "X-Gateway-Model"  # the model that answered (an alias's choice, a fallback)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:+/=@-]{1,128}$")
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 _CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
@@ -127,7 +129,9 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers[HEADER] = rid
     trace = request.get(TRACE)
     if trace is not None and trace.served_model is not None:
-        response.headers[MODEL_HEADER] = trace.served_model
+        model = trace.served_model
+        # Header values are ASCII to every client; a name that is not goes percent-encoded.
+        response.headers[MODEL_HEADER] = model if model.isascii() else quote(model, safe=_SAFE)
 
 
 def _model_label(router: Router, model: str | None) -> str:
