@@ -60,12 +60,17 @@ class Router:
         return self._pools.get(model)
 
     def models(self) -> list[str]:
-        """The names a client can ask for: models with workers, and aliases."""
-        aliases = (name for name in self._named() if self.alias_of(name) is not None)
-        return sorted(set(self._pools).union(aliases))
+        """The names a client can ask for: models with workers, aliases, models that only
+        fall back to others."""
+        return sorted(set(self._pools).union(n for n in self._named() if self._answers(n)))
 
     def knows(self, model: str) -> bool:
-        return model in self._pools or self.alias_of(model) is not None
+        """Whether a request for `model` has somewhere to go (its metrics label is its own)."""
+        return model in self._pools or self._answers(model)
+
+    def _answers(self, model: str) -> bool:
+        settings = self.settings_of(model)
+        return settings is not None and (settings.alias is not None or bool(settings.fallbacks))
 
     def settings_of(self, model: str) -> ModelSettings | None:
         """The model's settings: stored through the API, else from the config file."""
