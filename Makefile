@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/node/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The OpenAI Node SDK, for tests/gateway/test_sdk_clients.py (skipped without npm).
+	if command -v npm >/dev/null; then cd tests/node && npm ci --no-audit --no-fund --silent; fi
 	touch $(STAMP)
 
 run: $(STAMP)

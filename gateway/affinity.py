@@ -26,7 +26,7 @@ Requests with no key (no messages, an empty prompt) go to the least loaded worke
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +34,7 @@ from aiohttp import web
 from gateway.balancing import LeastLoad, Ready
 from gateway.calls import Call
 from gateway.worker import Worker
-from templates import MESSAGES
+from templates.conversation import Conversation, Message
 
 SESSION_HEADER = "X-Session-ID"
 _MAX_SESSION_CHARS = 256
@@ -46,9 +46,11 @@ class Affinity:
 
     __slots__ = ("_chars", "_key", "_messages", "session")
 
-    def __init__(self, session: str | None, messages: Sequence[Any] | None) -> None:
+    def __init__(
+        self, session: str | None, messages: Callable[[], Sequence[Any]] | None = None
+    ) -> None:
         self.session = session[:_MAX_SESSION_CHARS] if session else None
-        self._messages = messages
+        self._messages = messages  # read only when a `prefix` pool asks for the key
         self._chars = -1
         self._key: int | None = None
         if self.session is not None:
@@ -58,31 +60,57 @@ class Affinity:
         """The request's 64-bit placement key for a pool keyed on `prefix_chars` characters."""
         if self.session is not None or self._chars == prefix_chars:
             return self._key
-        text = root_text(self._messages or (), prefix_chars)
+        messages = self._messages() if self._messages is not None else ()
+        text = root_text(messages, prefix_chars)
         self._chars, self._key = prefix_chars, digest(text) if text else None
         return self._key
 
 
 def affinity_of(request: web.Request, call: Call) -> Affinity:
-    """Read a request's session and conversation for the `prefix` strategy (cheap: lazy)."""
+    """Read a request's session and (lazily) its conversation, for the `prefix` strategy."""
     session = request.headers.get(SESSION_HEADER)
     if not session and call.body is not None:
         user = call.body.get("user")
         session = user if isinstance(user, str) else None
-    messages = call.values.get(MESSAGES)
-    return Affinity(session, messages if isinstance(messages, list) else None)
+    return Affinity(session, lambda: _messages(call))
+
+
+def _messages(call: Call) -> Sequence[Any]:
+    """The call's messages: the client's own JSON when it has them (no decoding), else the
+    decoded conversation's."""
+    body = call.body
+    if body is not None:
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            return messages
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt:
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            system = body.get("system")
+            lead = [{"role": "system", "content": system}] if isinstance(system, str) else []
+            return [*lead, {"role": "user", "content": prompt}]
+    request = call.request()
+    return request.messages if isinstance(request, Conversation) else ()
 
 
 def root_text(messages: Sequence[Any], limit: int) -> str:
-    """The conversation's start: each message up to the first user one, cut to `limit` chars."""
+    """The conversation's start: each message up to the first user one, cut to `limit` chars.
+
+    Messages are the client's JSON objects or the conversation model's: the same
+    conversation gives the same text either way.
+    """
     parts: list[str] = []
     size = 0
     for message in messages:
-        if not isinstance(message, Mapping):
+        if isinstance(message, Mapping):
+            role, text = message.get("role"), _text(message.get("content"), limit - size)
+        elif isinstance(message, Message):
+            role, text = message.role, message.text[: max(limit - size, 0)]
+        else:
             continue
-        role = message.get("role")
         role_text = role[:32] if isinstance(role, str) else ""
-        piece = f"{role_text}\x1f{_text(message.get('content'), limit - size)}\x1e"
+        piece = f"{role_text}\x1f{text}\x1e"
         parts.append(piece)
         size += len(piece)
         if size >= limit or role == "user":

@@ -14,21 +14,24 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
 from gateway.calls import Call, WorkerRequest
 from gateway.errors import ContextTooLong, WorkerRefused
 from gateway.http1 import Client, ConnectFailed, HTTPClientError, Response, TooLarge
-from gateway.stream import WorkerReported, texts
+from gateway.stream import WorkerReported, events
 from gateway.worker import Worker
-from templates import ExtractError, Extractor
+from templates import ExtractError
+from templates.codecs import EmbeddingCodec, Embeddings, TemplateAnswers, WorkerCodec
+from templates.conversation import Event, Reply, reply_of
 
 T = TypeVar("T")
 
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-# A passthrough request's own fault, told to the client as it is (not the worker's failure).
+# The client's request was at fault (too long a prompt, a field the model server refuses):
+# told to the client with the worker's status and words, not failed over.
 _CLIENT_STATUS = frozenset({400, 413, 422})
 # Answers smaller than this are extracted on the event loop whatever the path: it is quick.
 _EXTRACT_INLINE_BYTES = 64 * 1024
@@ -71,9 +74,11 @@ class AttemptFailed(Exception):
         timed_out: bool = False,
         ejectable: bool | None = None,
         status: int | None = None,
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry_after = retry_after  # a 429's own Retry-After
         self.retryable = retryable
         self.timed_out = timed_out
         self.status = status
@@ -145,13 +150,15 @@ async def _refused(worker: Worker, req: WorkerRequest, response: Response) -> No
             f"the prompt is longer than the model's context window; shorten it or ask for "
             f"fewer tokens (the model server said: {snippet})"
         )
-    if req.passthrough and status in _CLIENT_STATUS:
+    if status in _CLIENT_STATUS:
         raise WorkerRefused(status, f"the model server refused the request: {snippet}")
+    retry_after = response.headers.get("retry-after") if status == 429 else None
     raise AttemptFailed(
         f"worker answered HTTP {status}: {snippet}",
         retryable=status in _RETRYABLE_STATUS,
         ejectable=status >= 500,
         status=status,
+        retry_after=retry_after if retry_after and retry_after.isdigit() else None,
     )
 
 
@@ -182,34 +189,32 @@ async def read_whole(response: Response, limits: Limits, timeout_s: float) -> by
         response.release()
 
 
-async def extract_text(worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits) -> str:
-    """Return the answer text at the operation's extract path."""
-    return await _extract(worker, req.op.extractor, raw, limits, req.op.extractor.extract)
+async def read_reply(worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits) -> Reply:
+    """Read a worker's whole chat or completion answer with its operation's codec."""
+    codec = req.op.codec
+    assert isinstance(codec, WorkerCodec | TemplateAnswers)
+    costly = isinstance(codec, TemplateAnswers) and codec.costly
+    return await _extract(worker, costly, raw, limits, codec.answer)
 
 
-async def extract_value(worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits) -> Any:
-    """Return the JSON value at the operation's extract path (embeddings)."""
-    extractor = req.op.extractor
-
-    def find(data: bytes) -> Any:
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ExtractError(f"worker answered with something that is not JSON ({exc})") from exc
-        return extractor.find(doc)
-
-    return await _extract(worker, extractor, raw, limits, find)
+async def read_embeddings(
+    worker: Worker, req: WorkerRequest, raw: bytes, limits: Limits
+) -> Embeddings:
+    """Read a worker's embeddings answer."""
+    codec = req.op.codec
+    assert isinstance(codec, EmbeddingCodec)
+    return await _extract(worker, False, raw, limits, codec.answer)
 
 
 async def _extract(
     worker: Worker,
-    extractor: Extractor,
+    costly: bool,
     raw: bytes,
     limits: Limits,
     run: Callable[[bytes], T],
 ) -> T:
     try:
-        if not extractor.costly or len(raw) <= _EXTRACT_INLINE_BYTES:
+        if not costly or len(raw) <= _EXTRACT_INLINE_BYTES:
             return run(raw)
         # A JSONPath with wildcards or filters on a large answer: off the event loop, bounded.
         try:
@@ -217,9 +222,9 @@ async def _extract(
                 return await asyncio.to_thread(run, raw)
         except TimeoutError:
             raise AttemptFailed(
-                f"response_extract {extractor.path!r} took over {limits.extract_timeout_s:g}s "
-                f"on a {len(raw)}-byte answer; use a plain path such as "
-                "$.choices[0].message.content",
+                f"reading the answer with response_extract took over "
+                f"{limits.extract_timeout_s:g}s on a {len(raw)}-byte answer; use a plain path "
+                "such as $.choices[0].message.content",
                 retryable=False,
             ) from None
     except ExtractError as exc:
@@ -246,12 +251,12 @@ def rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
     return orjson.dumps(doc)
 
 
-async def collect(worker: Worker, req: WorkerRequest, response: Response, limits: Limits) -> str:
-    """Read a streamed answer to its end and join its text (for a client that wants it whole)."""
-    parts: list[str] = []
+async def collect(worker: Worker, req: WorkerRequest, response: Response, limits: Limits) -> Reply:
+    """Read a streamed answer to its end and join it (for a client that wants it whole)."""
+    seen: list[Event] = []
     try:
-        async for text in texts(_counted(response, limits), req.op, limits.max_stream_line_bytes):
-            parts.append(text)
+        async for event in events(_counted(response, limits), req.op, limits.max_stream_line_bytes):
+            seen.append(event)
     except WorkerReported as exc:
         raise AttemptFailed(exc.describe(worker.redact), retryable=True) from exc
     except ExtractError as exc:
@@ -273,7 +278,7 @@ async def collect(worker: Worker, req: WorkerRequest, response: Response, limits
         ) from exc
     finally:
         response.release()
-    return "".join(parts)
+    return reply_of(seen)
 
 
 async def _counted(response: Response, limits: Limits) -> AsyncIterator[bytes]:

@@ -1,32 +1,55 @@
 """What a client asked for (`Call`), and that call made into one worker's request.
 
-A worker is called one of two ways. When it speaks the client's own protocol (an OpenAI
+A worker is called one of three ways. When it speaks the client's own protocol (an OpenAI
 client and an `openai` worker) the client's body is passed through with only the model name
-changed; otherwise the worker's operation template is rendered with the call's values.
+changed, and the client's request is never decoded further. Otherwise the request is decoded
+once into the conversation model (templates/conversation.py) and the worker's codec encodes
+its body from it; a template worker gets its template with the placeholders filled from it.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from gateway.worker import Worker
 from templates import MODEL_NAME, STREAM, Operation, OperationName, RenderedRequest
+from templates.codecs import EmbeddingCodec, TemplateAnswers
+from templates.codecs.template import values as template_values
+from templates.errors import CannotTranslate
 
 Family = Literal["seed", "openai", "ollama"]
 
 
-@dataclass(frozen=True, slots=True)
 class Call:
     """One client request as the request path needs it."""
 
-    family: Family
-    op: OperationName
-    values: Mapping[str, Any]  # placeholder values for template rendering
-    body: Mapping[str, Any] | None  # the client's own JSON, for same-protocol workers
-    stream: bool
-    request_id: str = ""  # sent to the worker as X-Request-ID
+    __slots__ = ("_decode", "_decoded", "body", "family", "op", "request_id", "stream")
+
+    def __init__(
+        self,
+        family: Family,
+        op: OperationName,
+        body: Mapping[str, Any] | None,
+        *,
+        stream: bool,
+        decode: Callable[[], Any],
+        request_id: str = "",
+    ) -> None:
+        self.family = family
+        self.op = op
+        self.body = body  # the client's own JSON, for same-protocol workers
+        self.stream = stream
+        self.request_id = request_id  # sent to the worker as X-Request-ID
+        self._decode = decode
+        self._decoded: Any = None
+
+    def request(self) -> Any:
+        """The request in the conversation model (a Conversation, or an EmbeddingRequest),
+        decoded on first use: a passthrough call never needs it."""
+        if self._decoded is None:
+            self._decoded = self._decode()
+        return self._decoded
 
 
 class WorkerRequest(NamedTuple):
@@ -40,29 +63,43 @@ class WorkerRequest(NamedTuple):
 
 
 def prepare(worker: Worker, call: Call) -> WorkerRequest:
-    """Build the request `worker` gets for `call`."""
+    """Build the request `worker` gets for `call`; raise CannotTranslate when it cannot be said
+    in the worker's protocol (templates.errors)."""
     op = worker.plan.operations[call.op]
     record = worker.record
     served = record.served_model
     streamed = op.streams == "always" or (op.streams == "on_request" and call.stream)
     rename = None
+    passthrough = False
+    codec = op.codec
     if worker.plan.protocol == call.family and call.body is not None:
         body = dict(call.body)
         body["model"] = served
         if op.streams != "never":
             body["stream"] = call.stream  # explicit: Ollama streams when it is left out
-        head = op.plan.render({MODEL_NAME: served})
-        http = RenderedRequest("POST", head.url, head.headers, orjson.dumps(body))
+        http = op.plan.head({MODEL_NAME: served}, orjson.dumps(body))
         passthrough = True
         asked = str(call.body.get("model", ""))
         if asked != served:  # the worker's own name, or a fallback's: the client sees its own
             rename = asked.encode()
-    else:
-        values = dict(call.values)
+    elif isinstance(codec, TemplateAnswers):
+        conv = call.request()
+        if conv.tools and conv.tool_choice != "none":
+            raise CannotTranslate(
+                f"tools cannot be sent to this model's template worker ({worker.label}), whose "
+                "body has no place for them; call it without tools, or register an openai or "
+                "ollama preset worker for tool use"
+            )
+        values = template_values(conv)
         values[MODEL_NAME] = served
         values[STREAM] = streamed
         http = op.plan.render(values)
-        passthrough = False
+    else:
+        if isinstance(codec, EmbeddingCodec):
+            data = codec.encode(call.request(), served)
+        else:
+            data = codec.encode(call.request(), served, streamed)
+        http = op.plan.head({MODEL_NAME: served}, orjson.dumps(data))
     if call.request_id:
         http.headers["X-Request-ID"] = call.request_id
     return WorkerRequest(op, http, passthrough, streamed, rename)

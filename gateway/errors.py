@@ -16,7 +16,8 @@
     │   └── WorkerNotAllowed 422  the worker's host is outside worker_allowlist
     ├── Overloaded           429  every worker of the model is at its max_concurrency
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
-    ├── WorkerRefused        4xx  a same-protocol worker refused the client's own request
+    ├── WorkerRateLimited    429  every worker tried said 429 (their Retry-After passed on)
+    ├── WorkerRefused        4xx  a worker refused the client's request (400, 413, 422)
     │   └── ContextTooLong   400  a worker said the prompt is longer than its context window
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
@@ -27,6 +28,8 @@
 A class says its status; an instance may carry another one where the status is the
 worker's (`WorkerRefused`) or aiohttp's. Registry errors (registry/errors.py, which knows
 nothing of HTTP) are mapped to these by one table.
+
+On OpenAI routes an invalid request is a 400, as OpenAI answers it, not a 422.
 
 Handlers raise; `error_middleware` picks the body shape of the family of the route the request
 matched (gateway/endpoints.py): the seed's `{"success": false, "msg"}`, OpenAI's
@@ -123,8 +126,12 @@ class RateLimited(GatewayError):
     status, code, openai_type = 429, "rate_limited", "rate_limit_error"
 
 
+class WorkerRateLimited(GatewayError):
+    status, code, openai_type = 429, "worker_rate_limited", "rate_limit_error"
+
+
 class WorkerRefused(GatewayError):
-    """A same-protocol worker refused the client's own request; its status is passed on."""
+    """A worker refused the client's request as the client's fault; its status is passed on."""
 
     code, openai_type = "invalid_request", "invalid_request_error"
 
@@ -234,14 +241,17 @@ def render(request: web.Request, err: GatewayError) -> web.Response:
     """Build the error response in the shape of the route family `request` belongs to."""
     kind = family(request)
     body: object
+    status = err.status
     if kind == "openai":
         body = {"error": {"message": err.message, "type": err.openai_type, "code": err.code}}
+        if status == 422:
+            status = 400  # what OpenAI answers for an invalid request, and its SDKs expect
     elif kind == "ollama":
         body = {"error": err.message}
     else:
         body = {"success": False, "msg": err.message, "code": err.code}
     return web.Response(
-        status=err.status,
+        status=status,
         body=orjson.dumps(body),
         content_type="application/json",
         headers=err.headers,

@@ -11,14 +11,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.attempt import (
     AttemptFailed,
     Limits,
     collect,
-    extract_text,
-    extract_value,
+    read_embeddings,
+    read_reply,
     read_whole,
     rename_json,
     send,
@@ -30,12 +30,17 @@ from gateway.errors import (
     Overloaded,
     UpstreamError,
     UpstreamTimeout,
+    WorkerRateLimited,
 )
-from gateway.http1 import Client
+from gateway.http1 import Client, HTTPClientError
 from gateway.metrics import Metrics
 from gateway.pool import Pool, QueueFull
-from gateway.stream import Slot, Stream
+from gateway.stream import Slot, Stream, WorkerReported
 from gateway.worker import Ejection, Worker
+from templates import ExtractError
+from templates.codecs import Embeddings
+from templates.conversation import Reply
+from templates.errors import CannotTranslate
 
 if TYPE_CHECKING:
     from gateway.affinity import Affinity
@@ -52,8 +57,8 @@ class Answer:
     worker: Worker
     tries: int
     upstream_s: float
-    text: str = ""  # the extracted text (translated calls)
-    value: Any = None  # the extracted JSON value (embeddings)
+    reply: Reply | None = None  # a translated chat or completion
+    embeddings: Embeddings | None = None  # translated embeddings
     raw: bytes | None = None  # the worker's own JSON body (passthrough calls)
 
 
@@ -105,8 +110,8 @@ class Failover:
             if req.streamed:  # a stream joined for this client
                 deadline = min(until, _now() + limits.stream_timeout_s)
                 response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
-                text = await collect(worker, req, response, limits)
-                return Answer(worker, 0, time.perf_counter() - started, text=text)
+                reply = await collect(worker, req, response, limits)
+                return Answer(worker, 0, time.perf_counter() - started, reply=reply)
             deadline = min(until, _now() + timeout_s)
             response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
             raw = await read_whole(response, limits, timeout_s)
@@ -114,13 +119,13 @@ class Failover:
             if req.passthrough:
                 return Answer(worker, 0, elapsed, raw=rename_json(raw, worker, call))
             if call.op == "embedding":
-                value = await extract_value(worker, req, raw, limits)
-                return Answer(worker, 0, elapsed, value=value)
-            return Answer(worker, 0, elapsed, text=await extract_text(worker, req, raw, limits))
+                found = await read_embeddings(worker, req, raw, limits)
+                return Answer(worker, 0, elapsed, embeddings=found)
+            return Answer(worker, 0, elapsed, reply=await read_reply(worker, req, raw, limits))
 
         answer, tries = await self._run(pool, call, attempt, False, affinity, queue)
         return Answer(
-            answer.worker, tries, answer.upstream_s, answer.text, answer.value, answer.raw
+            answer.worker, tries, answer.upstream_s, answer.reply, answer.embeddings, answer.raw
         )
 
     async def open_stream(
@@ -143,7 +148,7 @@ class Failover:
             if req.streamed:
                 deadline = min(until, _now() + limits.stream_timeout_s)
                 response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
-                return Stream(
+                stream = Stream(
                     slot,
                     req,
                     response,
@@ -151,15 +156,17 @@ class Failover:
                     max_line_bytes=limits.max_stream_line_bytes,
                     tries=0,
                 )
+                await _begin(stream, worker, limits)
+                return stream
             deadline = min(until, _now() + timeout_s)
             response = await send(client, worker, req, timeout_s=timeout_s, deadline=deadline)
             raw = await read_whole(response, limits, timeout_s)
-            text = await extract_text(worker, req, raw, limits)
+            reply = await read_reply(worker, req, raw, limits)
             return Stream(
                 slot,
                 req,
                 None,
-                text=text,
+                reply=reply,
                 ejection=ejection,
                 max_line_bytes=limits.max_stream_line_bytes,
                 tries=0,
@@ -181,6 +188,7 @@ class Failover:
         until = _now() + self._request_timeout_s
         candidates = await self._candidates(pool, call, until, affinity, queue)
         failures: list[str] = []
+        limited: list[AttemptFailed] = []  # the tries a worker answered 429
         timed_out = True
         metrics = self._metrics
         for tries, worker in enumerate(candidates, start=1):
@@ -191,15 +199,21 @@ class Failover:
             if tries > 1 and metrics is not None:
                 metrics.retry(pool.model)
             timeout_s = min(worker.record.timeout_s, remaining_s)
+            try:
+                req = prepare(worker, call)
+            except CannotTranslate as exc:
+                raise InvalidRequest(str(exc)) from None
             slot = Slot(pool, worker, metrics)
             try:
-                result = await attempt(slot, prepare(worker, call), timeout_s, until)
+                result = await attempt(slot, req, timeout_s, until)
             except AttemptFailed as exc:
                 slot.release()
                 reason = worker.redact(exc.reason)
                 self._failed(pool, worker, exc, reason, time.perf_counter() - slot.sent_at)
                 failures.append(f"{worker.label}: {reason}")
                 timed_out = timed_out and exc.timed_out
+                if exc.status == 429:
+                    limited.append(exc)
                 if not exc.retryable:
                     break
                 continue
@@ -218,6 +232,10 @@ class Failover:
         message = f"model {pool.model!r}: {noun} failed: {summary}"
         if timed_out:
             raise UpstreamTimeout(message)
+        if limited and len(limited) == len(failures):  # every worker tried is over its own limit
+            waits = [int(exc.retry_after) for exc in limited if exc.retry_after]
+            retry_after = str(min(waits)) if waits else "1"
+            raise WorkerRateLimited(message, headers={"Retry-After": retry_after})
         raise UpstreamError(message)
 
     def _failed(
@@ -269,6 +287,30 @@ class Failover:
                     "wait for a free one ran out; retry shortly",
                     headers={"Retry-After": "1"},
                 ) from None
+
+
+async def _begin(stream: Stream, worker: Worker, limits: Limits) -> None:
+    """Read a stream to its first content while it can still fail over (Stream.begin)."""
+    try:
+        await stream.begin()
+    except BaseException as exc:
+        await stream.aclose()
+        if isinstance(exc, WorkerReported):
+            raise AttemptFailed(exc.describe(worker.redact), retryable=True) from exc
+        if isinstance(exc, ExtractError):
+            raise AttemptFailed(exc.describe(worker.redact), retryable=False) from exc
+        if isinstance(exc, TimeoutError):
+            raise AttemptFailed(
+                f"the stream stalled before its first piece ({worker.record.timeout_s:g}s)",
+                retryable=True,
+                timed_out=True,
+            ) from exc
+        if isinstance(exc, HTTPClientError):
+            reason = worker.redact.quote(str(exc) or type(exc).__name__)
+            raise AttemptFailed(
+                f"the worker broke off its stream ({reason})", retryable=True
+            ) from exc
+        raise
 
 
 def _now() -> float:

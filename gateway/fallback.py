@@ -8,9 +8,11 @@ smooth weighted round-robin, so the shares are exact rather than random.
 The chosen model's `fallbacks` stand behind it, in order, then the alias's own. A failure of
 a kind the settings list in `fallback_on` moves the request to the next of them:
 
-    no_worker         no worker registered, healthy and not ejected (503, or 404)
+    no_worker         no worker registered, healthy and not ejected (503, or 404), or none
+                      that can serve the request (422: embeddings, tools to a template)
     overloaded        every healthy worker is at its max_concurrency: with a fallback behind
-                      it the request does not queue, it goes to the fallback at once (429)
+                      it the request does not queue, it goes to the fallback at once (429);
+                      or every worker tried answered 429 itself (a hosted API's rate limit)
     failed            every try failed: worker errors, timeouts, unreadable answers (502, 504)
     context_too_long  a worker said the prompt is longer than its context window (400)
 
@@ -37,6 +39,7 @@ from gateway.errors import (
     UnknownModel,
     UpstreamError,
     UpstreamTimeout,
+    WorkerRateLimited,
 )
 from gateway.failover import Answer, Failover
 from gateway.pool import Pool
@@ -52,6 +55,7 @@ _KINDS: tuple[tuple[type[GatewayError], Trigger], ...] = (
     (UnknownModel, "no_worker"),
     (InvalidRequest, "no_worker"),  # no worker of the model serves the operation
     (Overloaded, "overloaded"),
+    (WorkerRateLimited, "overloaded"),  # every worker tried answered 429 itself
     (UpstreamError, "failed"),
     (UpstreamTimeout, "failed"),
 )

@@ -6,7 +6,7 @@ its pool is a `Slot`, held until the stream is closed.
 """
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -17,6 +17,18 @@ from gateway.metrics import Metrics
 from gateway.pool import Pool
 from gateway.worker import Ejection, Worker
 from templates import ExtractError, Operation, decoder
+from templates.codecs import Codec, TemplateAnswers, WorkerCodec
+from templates.conversation import (
+    Event,
+    Finish,
+    Reply,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    UsageReport,
+)
+
+_END: Any = object()
 
 
 class StreamBroken(Exception):
@@ -52,39 +64,58 @@ class Slot:
             self._metrics.observe_ttft(self.pool.model, self.worker.label, elapsed)
 
 
-async def texts(
+async def events(
     chunks: AsyncIterator[bytes], op: Operation, max_line_bytes: int
-) -> AsyncIterator[str]:
-    """Decode a worker's stream into its text pieces; raise ExtractError on a bad chunk."""
-    events = decoder(op.stream_format or "sse", max_line_bytes=max_line_bytes)
-    extractor = op.stream_extractor
+) -> AsyncIterator[Event]:
+    """Decode a worker's stream into events; raise ExtractError on a bad chunk."""
+    lines = decoder(op.stream_format or "sse", max_line_bytes=max_line_bytes)
+    codec = op.codec
+    read = codec.chunk if isinstance(codec, TemplateAnswers) else _chunks_of(codec)
     async for chunk in chunks:
-        for payload in events.feed(chunk):
+        for payload in lines.feed(chunk):
             if payload == b"[DONE]":
                 return
-            text = _text(payload, extractor)
-            if text:
-                yield text
-    for payload in events.close():
+            for event in read(_doc(payload)):
+                yield event
+    for payload in lines.close():
         if payload == b"[DONE]":
             return
-        text = _text(payload, extractor)
-        if text:
-            yield text
+        for event in read(_doc(payload)):
+            yield event
 
 
-def _text(payload: bytes, extractor: Any) -> str | None:
+def _chunks_of(codec: Codec) -> Callable[[Any], list[Event]]:
+    assert isinstance(codec, WorkerCodec), "embeddings do not stream"
+    decode = codec.chunks()
+    return lambda doc: decode(doc) if isinstance(doc, dict) else []
+
+
+def _doc(payload: bytes) -> Any:
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise ExtractError(f"a streamed chunk is not JSON ({exc})") from exc
     if isinstance(doc, dict) and doc.get("error"):
         raise WorkerReported("the worker reported an error", error_text(doc), "it said")
-    return extractor.text_or_none(doc) if extractor is not None else None
+    return doc
+
+
+def events_of(reply: Reply) -> list[Event]:
+    """The events of a whole answer, as if it had been streamed."""
+    out: list[Event] = [Start()]
+    if reply.text:
+        out.append(TextDelta(reply.text))
+    for i, call in enumerate(reply.tool_calls):
+        out.append(ToolCallDelta(i, call.id, call.name, call.arguments))
+    if reply.finish is not None:
+        out.append(Finish(reply.finish))
+    if reply.usage is not None:
+        out.append(UsageReport(reply.usage))
+    return out
 
 
 class Stream:
-    """An open streamed answer: iterate for text pieces (str) or passthrough bytes."""
+    """An open streamed answer: iterate for events (translated) or the worker's own bytes."""
 
     def __init__(
         self,
@@ -92,7 +123,7 @@ class Stream:
         req: WorkerRequest,
         response: Response | None,
         *,
-        text: str = "",
+        reply: Reply | None = None,
         ejection: Ejection,
         max_line_bytes: int,
         tries: int,
@@ -102,10 +133,12 @@ class Stream:
         self.passthrough = req.passthrough
         self._slot = slot
         self._req = req
-        self._response = response  # None: the worker answered whole, `text` is all of it
-        self._text = text
+        self._response = response  # None: the worker answered whole, `reply` is all of it
+        self._reply = reply
         self._ejection = ejection
         self._max_line_bytes = max_line_bytes
+        self._iter: AsyncIterator[Event | bytes] | None = None
+        self._held: list[Event | bytes] = []  # read by `begin`, not yet handed on
 
     @property
     def relayed(self) -> bool:
@@ -129,11 +162,27 @@ class Stream:
                 renaming.flush()
         self.worker.stats.succeeded()
 
-    async def pieces(self) -> AsyncIterator[str | bytes]:
+    async def begin(self) -> None:
+        """Read a translated stream up to its first piece of content, before the client's
+        stream starts: a worker whose stream fails at once (an error event, a chunk the codec
+        cannot read) is then still a failed attempt, failed over or told as an HTTP status.
+        Raises what the worker's stream raised (ExtractError, HTTPClientError, TimeoutError)."""
+        if self.passthrough or self._response is None:
+            return
+        self._iter = it = self._pieces()
+        while True:
+            piece = await anext(it, _END)
+            if piece is _END:
+                return
+            self._held.append(piece)
+            if isinstance(piece, TextDelta | ToolCallDelta | Finish):
+                return
+
+    async def pieces(self) -> AsyncIterator[Event | bytes]:
         """Yield the answer as it arrives; raise StreamBroken if the worker fails midway."""
         first = True
         try:
-            async for piece in self._pieces():
+            async for piece in self._rest():
                 if first:
                     first = False
                     self._slot.first_piece()
@@ -146,12 +195,20 @@ class Stream:
             raise self._broken(exc) from exc
         self.worker.stats.succeeded()
 
-    def _pieces(self) -> AsyncIterator[str | bytes]:
+    async def _rest(self) -> AsyncIterator[Event | bytes]:
+        held, self._held = self._held, []
+        for piece in held:
+            yield piece
+        it = self._iter if self._iter is not None else self._pieces()
+        async for piece in it:
+            yield piece
+
+    def _pieces(self) -> AsyncIterator[Event | bytes]:
         response = self._response
         if response is None:
-            return _one(self._text)
+            return _all(events_of(self._reply or Reply("")))
         if not self.passthrough:
-            return texts(response.chunks(), self._req.op, self._max_line_bytes)
+            return events(response.chunks(), self._req.op, self._max_line_bytes)
         return self._own_bytes(response)
 
     def _broken(self, exc: HTTPClientError | TimeoutError) -> StreamBroken:
@@ -187,8 +244,9 @@ class Stream:
             response.release()
 
 
-async def _one(text: str) -> AsyncIterator[str]:
-    yield text
+async def _all(items: list[Event]) -> AsyncIterator[Event | bytes]:
+    for item in items:
+        yield item
 
 
 class _FirstPiece:

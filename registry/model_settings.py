@@ -26,7 +26,8 @@ Balancing = Literal["round_robin", "weighted", "least_outstanding", "least_load"
 
 # What sends a request on to the model's fallbacks:
 #   no_worker         no worker of the model is registered, healthy and not ejected
-#   overloaded        every healthy worker is at its max_concurrency (no queueing then)
+#   overloaded        every healthy worker is at its max_concurrency (no queueing then), or
+#                     every worker tried answered 429
 #   failed            every try failed (worker errors, timeouts, unreadable answers)
 #   context_too_long  a worker said the prompt is longer than its context window
 Trigger = Literal["no_worker", "overloaded", "failed", "context_too_long"]

@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from registry.model_settings import ModelName, ModelRecord
-from templates import TemplateError, WorkerPlan, compile_worker
+from templates import TemplateError, WorkerPlan, compile_worker, presets
+from templates.codecs.template import USAGE_FIELDS
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -29,6 +30,22 @@ def worker_id(model_name: str, req_url_template: str) -> str:
     return digest[:24]
 
 
+def other_forms(model_name: str, req_url_template: str) -> dict[str, frozenset[str]]:
+    """Return the ids `req_url_template` may also name, each with the presets it names it for.
+
+    A preset worker is stored under its base URL; an operator may name it by one of its
+    endpoint URLs (or with a trailing slash). The id is that worker's only when the stored
+    record has one of the presets listed with it.
+    """
+    exact = worker_id(model_name, req_url_template)
+    forms: dict[str, set[str]] = {}
+    for preset, base in presets.bases(req_url_template).items():
+        wid = worker_id(model_name, base)
+        if wid != exact:
+            forms.setdefault(wid, set()).add(preset)
+    return {wid: frozenset(names) for wid, names in forms.items()}
+
+
 class WorkerSpec(BaseModel):
     """A worker as an operator describes it (the seed's register body, plus timeout_s)."""
 
@@ -37,6 +54,8 @@ class WorkerSpec(BaseModel):
     _plan: WorkerPlan | None = PrivateAttr(default=None)
 
     model_name: ModelName
+    # Before req_url_template: a preset worker's URL is normalised by its preset's rules.
+    preset: Annotated[str, Field(max_length=64)] | None = None
     req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
     req_type: Literal["POST", "GET"] = "POST"
     header: dict[str, str] = Field(default_factory=dict)
@@ -45,10 +64,14 @@ class WorkerSpec(BaseModel):
     owner: Annotated[str, Field(max_length=200)] = ""
     is_stream: bool = False
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    preset: Annotated[str, Field(max_length=64)] | None = None
     upstream_model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     stream_format: Literal["sse", "ndjson"] | None = None
     stream_extract: Annotated[str, Field(max_length=1024)] = ""
+    # Where a template worker's answer (or each chunk of its stream) says its token counts
+    # ({"prompt_tokens": path, "completion_tokens": path, "cached_tokens": path}) and why it
+    # stopped; left out, answers carry none.
+    usage_extract: dict[str, Annotated[str, Field(min_length=1, max_length=1024)]] | None = None
+    finish_reason_extract: Annotated[str, Field(max_length=1024)] = ""
     health_url: Annotated[str, Field(max_length=4096)] | None = None
     metrics_url: Annotated[str, Field(max_length=4096)] | None = None
     weight: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -61,6 +84,20 @@ class WorkerSpec(BaseModel):
         if value != value.strip() or _CONTROL.search(value):
             raise ValueError("model_name must not have surrounding spaces or control characters")
         return value
+
+    @field_validator("req_url_template")
+    @classmethod
+    def _base_url(cls, value: str, info: ValidationInfo) -> str:
+        # Any URL form of a preset worker (its base, an endpoint URL, trailing slashes) is
+        # stored as the base URL, so every form is the same identity. An unknown preset is
+        # reported by compiling.
+        preset = info.data.get("preset")
+        if preset is None or preset not in presets.all_presets():
+            return value
+        try:
+            return presets.base_url(preset, value)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from exc
 
     @field_validator("req_type", mode="before")
     @classmethod
@@ -77,6 +114,16 @@ class WorkerSpec(BaseModel):
                 raise ValueError(f"header {name!r} must not contain line breaks")
             if _HEADER_CONTROL.search(item):
                 raise ValueError(f"header {name!r} must not contain control characters")
+        return value
+
+    @field_validator("usage_extract")
+    @classmethod
+    def _usage_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(value or {}) - set(USAGE_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"usage_extract has {', '.join(unknown)}; its keys are " + ", ".join(USAGE_FIELDS)
+            )
         return value
 
     @field_validator("health_url", "metrics_url")
@@ -112,6 +159,8 @@ class WorkerSpec(BaseModel):
             stream_format=self.stream_format,
             stream_extract=self.stream_extract,
             model_name=self.served_model,
+            usage_extract=self.usage_extract,
+            finish_reason_extract=self.finish_reason_extract,
         )
 
     @property
@@ -125,13 +174,15 @@ class WorkerSpec(BaseModel):
 
 
 class RegisterRequest(WorkerSpec):
-    """The body of POST /api/server/register: a spec, and whether it may replace one."""
+    """The body of POST /api/server/register: a spec, whether it may replace one, and whether
+    the worker is called once to check it before it is stored (not part of the record)."""
 
     replace: bool = False
+    verify: bool = False
 
     def spec(self) -> WorkerSpec:
         # Already validated (and compiled): build without validating again.
-        spec = WorkerSpec.model_construct(**self.model_dump(exclude={"replace"}))
+        spec = WorkerSpec.model_construct(**self.model_dump(exclude={"replace", "verify"}))
         spec._plan = self._plan
         return spec
 

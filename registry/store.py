@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from registry.errors import DuplicateWorker, StoreUnavailable, UnknownModelSettings, UnknownWorker
 from registry.keys import Keys
 from registry.model_settings import ModelRecord
-from registry.models import Change, Health, WorkerRecord, worker_id
+from registry.models import Change, Health, WorkerRecord, other_forms, worker_id
 
 T = TypeVar("T")
 
@@ -185,11 +185,18 @@ class RegistryStore:
         return Change(v=int(version), op="put", id=record.id, record=record)
 
     async def delete(self, model_name: str, req_url_template: str) -> Change:
-        """Remove a worker; raise UnknownWorker when it is not registered."""
-        wid = worker_id(model_name, req_url_template)
+        """Remove a worker (any of its URL forms names it); raise UnknownWorker if it is not."""
         k = self.keys
         keys = [k.workers, k.model(model_name), k.version, k.expiry, k.health]
-        version = await guard(lambda: self._del(keys=keys, args=[wid, self.keys.events]))
+
+        async def delete(wid: str) -> int:
+            return int(await guard(lambda: self._del(keys=keys, args=[wid, k.events])))
+
+        wid = worker_id(model_name, req_url_template)
+        version = await delete(wid)
+        if version == -1 and (other := await self._other_form(model_name, req_url_template)):
+            wid = other
+            version = await delete(wid)
         if version == -1:
             raise UnknownWorker(
                 f"no worker (model_name={model_name}, url={req_url_template}) is registered; "
@@ -212,15 +219,42 @@ class RegistryStore:
 
         Raise UnknownWorker when it is not registered (it lapsed, or was taken offline).
         """
-        wid = worker_id(model_name, req_url_template)
         keys = [self.keys.workers, self.keys.expiry]
-        ttl_ms = int(await guard(lambda: self._heartbeat(keys=keys, args=[wid])))
+
+        async def beat(wid: str) -> int:
+            return int(await guard(lambda: self._heartbeat(keys=keys, args=[wid])))
+
+        ttl_ms = await beat(worker_id(model_name, req_url_template))
+        if ttl_ms < 0 and (other := await self._other_form(model_name, req_url_template)):
+            ttl_ms = await beat(other)
         if ttl_ms < 0:
             raise UnknownWorker(
                 f"worker (model_name={model_name}, url={req_url_template}) is not registered "
                 "(its heartbeat lapsed or it was taken offline): register it again"
             )
         return ttl_ms / 1000
+
+    async def _other_form(self, model_name: str, req_url_template: str) -> str | None:
+        """Return the id of the preset worker `req_url_template` names in another of its URL
+        forms (an endpoint URL for the stored base URL), when one is registered.
+
+        Only asked when the URL as given names no worker, so the common case costs nothing.
+        """
+        forms = other_forms(model_name, req_url_template)
+        if not forms:
+            return None
+        ids = list(forms)
+        blobs = await guard(lambda: self.redis.hmget(self.keys.workers, ids))
+        for wid, blob in zip(ids, blobs, strict=True):
+            if blob is None:
+                continue
+            try:
+                preset = orjson.loads(blob).get("preset")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if preset in forms[wid]:
+                return wid
+        return None
 
     async def reap(self, batch: int = 100) -> list[str]:
         """Remove workers whose heartbeat deadline has passed; return their ids."""

@@ -40,3 +40,11 @@ class ExtractError(ValueError):
 
 class StreamLineTooLong(ExtractError):
     """A streamed answer whose line (or SSE event) passed the decoder's max_line_bytes."""
+
+
+class CannotTranslate(ValueError):
+    """A request that cannot be said in the protocol of the worker chosen for it (a 400).
+
+    The message is for the client: it names what the request asked and why this worker's
+    protocol cannot carry it.
+    """

@@ -273,6 +273,11 @@ class RequestPlan:
             raise TemplateError(f"a request value cannot be sent as JSON: {exc}") from exc
         return RenderedRequest(self.method, url, headers, body)
 
+    def head(self, values: Values, body: bytes) -> RenderedRequest:
+        """Fill in the URL and headers only, with `body` (a codec's, or the client's own)."""
+        headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
+        return RenderedRequest(self.method, self.url.render(values, url_encode=True), headers, body)
+
 
 def compile_request(
     method: str, url: str, headers: Mapping[str, str], body: Any | None

@@ -121,7 +121,9 @@ class ProtocolWorker:
 
     `chunk_delay_s` spaces streamed pieces; `die_after` closes the connection abruptly after
     that many pieces; `client_gone` is set when the gateway closes a stream early;
-    `finished` is set when a stream was written to its end.
+    `finished` is set when a stream was written to its end. Its models list (`GET /v1/models`,
+    `GET /api/tags`) holds `models`; with a `status` of 400 or more it fails too, echoing the
+    Authorization header it was sent (as careless servers do).
     """
 
     protocol: str = "openai"  # or "ollama"
@@ -131,6 +133,7 @@ class ProtocolWorker:
     status: int = 200
     error_message: str = ""  # the message of an error answer (default "<name> failed")
     metrics: str | None = None  # served at GET /metrics (openai only)
+    models: list[str] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     url: str = ""
     client_gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -144,10 +147,12 @@ class ProtocolWorker:
             app.router.add_post("/v1/chat/completions", self._openai_chat)
             app.router.add_post("/v1/completions", self._openai_completion)
             app.router.add_post("/v1/embeddings", self._openai_embeddings)
+            app.router.add_get("/v1/models", self._models)
         else:
             app.router.add_post("/api/chat", self._ollama_chat)
             app.router.add_post("/api/generate", self._ollama_generate)
             app.router.add_post("/api/embed", self._ollama_embed)
+            app.router.add_get("/api/tags", self._models)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -194,6 +199,21 @@ class ProtocolWorker:
             self.client_gone.set()
             raise
         return response
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.received.append(
+            Received(request.method, request.path, dict(request.query), dict(request.headers), b"")
+        )
+        if self.status >= 400:
+            said = f"{self.name} refused {request.headers.get('Authorization', 'no key')}"
+            return web.json_response({"error": {"message": said}}, status=self.status)
+        if self.protocol == "openai":
+            data = [
+                {"id": m, "object": "model", "created": 1, "owned_by": "me"} for m in self.models
+            ]
+            return web.json_response({"object": "list", "data": data})
+        tags = [{"name": m, "model": m, "size": 1, "digest": "0" * 12} for m in self.models]
+        return web.json_response({"models": tags})
 
     def _error(self) -> web.Response | None:
         if self.status >= 400:

@@ -2,7 +2,6 @@
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -17,7 +16,7 @@ from gateway.fallback import Served
 from gateway.observe import note_model, note_served, note_worker
 from gateway.state import DISPATCHER
 from gateway.stream import Stream, StreamBroken
-from templates import MAX_TOKENS, MESSAGES, MODEL_TEMPERATURE, SYSTEM_PROMPT, TOP_P, USER_PROMPT
+from templates.codecs import StreamEncoder
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,44 +95,34 @@ async def open_stream(request: web.Request, model: str, call: Call) -> Served[St
     return served
 
 
-@dataclass(frozen=True, slots=True)
-class StreamShape:
-    """How a route family frames a streamed answer."""
-
-    content_type: str
-    encode: Callable[[str], bytes]  # one piece of text
-    finish: bytes  # after the last piece
-    error: Callable[[str], bytes]  # when the worker fails midway
-
-
 async def answer(
     request: web.Request,
     model: str,
     call: Call,
     whole: Callable[[Answer], Any],
-    shape: StreamShape | None = None,
+    encoder: Callable[[], StreamEncoder] | None = None,
 ) -> web.StreamResponse:
-    """Answer `call` whole (the worker's own JSON, or `whole` of its text) or as a stream."""
-    if not call.stream or shape is None:
+    """Answer `call` whole (the worker's own JSON, or `whole` of the answer) or as a stream."""
+    if not call.stream or encoder is None:
         result = await complete(request, model, call)
         if result.raw is not None:
             return web.Response(body=result.raw, content_type="application/json")
         return json_response(whole(result))
     served = await open_stream(request, model, call)
-    return await relay(request, served.result, shape)
+    return await relay(request, served.result, encoder())
 
 
-async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web.StreamResponse:
+async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
-    Text pieces are framed by `shape` and followed by its `finish`; bytes (a same-protocol
-    worker's own stream) are relayed untouched, its own end marker included. If the client goes
-    away, the handler is cancelled and the `finally` closes the worker's connection at once.
+    Events (a translated answer) are encoded by the client's `encoder`, which also closes the
+    stream; bytes (a same-protocol worker's own stream) are relayed untouched, its own end
+    marker included. If the client goes away, the handler is cancelled and the `finally`
+    closes the worker's connection at once.
     """
-    encode = shape.encode
     response = web.StreamResponse(
         headers={
-            "Content-Type": shape.content_type,
+            "Content-Type": encoder.content_type,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }
@@ -149,12 +138,15 @@ async def relay(request: web.Request, stream: Stream, shape: StreamShape) -> web
             if direct and transport is not None:
                 await stream.forward(_ChunkedSink(transport))
             else:
+                event = encoder.event
                 async for piece in stream.pieces():
-                    await response.write(piece if isinstance(piece, bytes) else encode(piece))
+                    data = piece if isinstance(piece, bytes) else event(piece)
+                    if data:
+                        await response.write(data)
                 if not stream.passthrough:
-                    await response.write(shape.finish)
+                    await response.write(encoder.end())
         except StreamBroken as exc:
-            await response.write(shape.error(str(exc)))
+            await response.write(encoder.error(str(exc)))
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away; closing the worker's side is all there is to do
@@ -182,58 +174,3 @@ class _ChunkedSink:
 
     def backlog(self) -> int:
         return self._transport.get_write_buffer_size()
-
-
-def content_text(content: Any) -> str:
-    """Return the text of a message's content: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("text")
-        )
-    return ""
-
-
-def chat_values(
-    messages: list[dict[str, Any]],
-    *,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-) -> dict[str, Any]:
-    """Placeholder values of a chat request: the last user message is {USER_PROMPT}."""
-    user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
-    return {
-        USER_PROMPT: content_text(user.get("content")) if user is not None else "",
-        SYSTEM_PROMPT: content_text(system.get("content")) if system is not None else None,
-        MESSAGES: messages,
-        MODEL_TEMPERATURE: temperature,
-        TOP_P: top_p,
-        MAX_TOKENS: max_tokens,
-    }
-
-
-def prompt_values(
-    prompt: Any,
-    *,
-    system: str | None = None,
-    temperature: float | None,
-    top_p: float | None,
-    max_tokens: int | None,
-) -> dict[str, Any]:
-    """Placeholder values of a plain completion request (a prompt, no message list)."""
-    messages = [{"role": "user", "content": prompt}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
-    values = chat_values(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    values[USER_PROMPT] = prompt
-    return values
-
-
-def vectors(value: Any) -> list[Any]:
-    """Normalise a worker's embeddings (OpenAI `data` objects or Ollama lists) to vectors."""
-    if not isinstance(value, list):
-        return []
-    return [item.get("embedding") if isinstance(item, dict) else item for item in value]

@@ -8,7 +8,8 @@ from pydantic import BaseModel
 
 from gateway.endpoints import Routes
 from gateway.routes._common import json_response, parse
-from gateway.state import ALLOWLIST, ROUTER, STORE
+from gateway.state import ALLOWLIST, ROUTER, SESSION, SETTINGS, STORE
+from gateway.verify import Limits, verify_worker
 from registry import RegisterRequest, WorkerKey, WorkerRecord
 from templates import presets
 
@@ -39,13 +40,22 @@ class Listing(BaseModel):
 
 @routes.post("/api/server/register", access="admin", body=RegisterRequest, answer=Registered)
 async def register(request: web.Request) -> web.Response:
-    """Register a worker (or replace it with "replace": true)."""
+    """Register a worker (or replace it with "replace": true); "verify": true calls it first."""
     body = await parse(request, RegisterRequest, "register request")
+    app = request.app
     spec = body.spec()
-    await request.app[ALLOWLIST].check(spec)
+    await app[ALLOWLIST].check(spec)
+    if body.verify:
+        settings = app[SETTINGS]
+        limits = Limits(
+            max_response_bytes=settings.max_response_bytes,
+            max_stream_line_bytes=settings.max_stream_line_bytes,
+            temperature=settings.default_temperature,
+        )
+        await verify_worker(app[SESSION], spec, limits)
     record = WorkerRecord.from_spec(spec)
-    change = await request.app[STORE].put(record, replace=body.replace)
-    request.app[ROUTER].apply_local(change)
+    change = await app[STORE].put(record, replace=body.replace)
+    app[ROUTER].apply_local(change)
     verb = "replace" if body.replace else "register"
     return json_response(
         {"success": True, "msg": f"{verb} LLM {record.model_name} succeed!", "id": record.id}

@@ -10,7 +10,7 @@ from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import complete, json_response, parse
 from gateway.state import SETTINGS
-from templates import MESSAGES, MODEL_TEMPERATURE, USER_PROMPT
+from templates.conversation import Conversation, Message, Params
 
 routes = Routes("seed")
 
@@ -43,11 +43,15 @@ async def chat(request: web.Request) -> web.Response:
     temperature = body.temperature
     if temperature is None:
         temperature = app[SETTINGS].default_temperature
-    values = {
-        USER_PROMPT: body.input,
-        MESSAGES: [{"role": "user", "content": body.input}],
-        MODEL_TEMPERATURE: temperature,
-    }
-    call = Call("seed", "chat", values, None, stream=False, request_id=request[REQUEST_ID])
+    conversation = Conversation((Message("user", body.input),), Params(temperature=temperature))
+    call = Call(
+        "seed",
+        "chat",
+        None,
+        stream=False,
+        decode=lambda: conversation,
+        request_id=request[REQUEST_ID],
+    )
     answer = await complete(request, body.model_name, call)
-    return json_response({"success": True, "msg": "execute succeed", "result": answer.text})
+    text = answer.reply.text if answer.reply is not None else ""
+    return json_response({"success": True, "msg": "execute succeed", "result": text})

@@ -128,13 +128,22 @@ async def test_missing_extract_path_is_502_naming_the_path(
     assert_seed_error(reply, 502, "data.items[].attributes.answer", "list of 0")
 
 
-async def test_worker_error_status_is_502_with_its_status(
+async def test_a_workers_400_is_the_clients_error_with_its_words(
     client: httpx.AsyncClient, make_worker: WorkerFactory
 ) -> None:
     worker = await make_worker(status=400)
     await register(client, seed_registration("picky", worker))
-    assert_seed_error(await chat(client, input="x", model_name="picky"), 502, "HTTP 400")
+    reply = await chat(client, input="x", model_name="picky")
+    assert_seed_error(reply, 400, "refused the request", "worker failed")
     assert worker.count == 1  # a 4xx is the worker's verdict on the request: not retried
+
+
+async def test_a_worker_status_that_is_not_the_clients_fault_is_502(
+    client: httpx.AsyncClient, make_worker: WorkerFactory
+) -> None:
+    worker = await make_worker(status=404)
+    await register(client, seed_registration("lost", worker))
+    assert_seed_error(await chat(client, input="x", model_name="lost"), 502, "HTTP 404")
 
 
 async def test_hanging_worker_is_504_after_its_timeout(
