@@ -177,6 +177,41 @@ def register_openai_worker(gateway: Target, base_url: str) -> Target:
     return Target("gateway-openai", what, url, gateway.child, OPENAI_BODY)
 
 
+def register_pool(
+    gateway: Target, upstream_url: str, name: str, balancing: str, workers: int = 4
+) -> Target:
+    """Register `workers` template workers of one model, balanced by `balancing`.
+
+    They all point at the one upstream, told apart by a query string, so the rows of two
+    strategies differ only in how the gateway picks among them. Return the seed route's row.
+    """
+    model = f"{MODEL}-{name}"
+    for index in range(workers):
+        spec = {
+            "model_name": model,
+            "req_url_template": f"{upstream_url}?w={index}",
+            "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
+            "response_extract": "data.items[].attributes.answer",
+            "owner": "bench",
+        }
+        _register(gateway, spec)
+    url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/models/{model}"
+    status, raw = _exchange(
+        urllib.request.Request(
+            url,
+            data=json.dumps({"balancing": balancing}).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        ),
+        10.0,
+    )
+    if status != 200:
+        raise BenchError(f"setting balancing of {model!r} failed: {status} {raw[:300]!r}")
+    body = json.dumps({"input": "hello", "model_name": model}, separators=(",", ":")).encode()
+    what = f"llm-gateway, seed route, {workers} workers, balancing={balancing}"
+    return Target(f"gateway-{name}", what, gateway.url, gateway.child, body)
+
+
 def _register(gateway: Target, spec: dict[str, Any]) -> None:
     url = gateway.url.removesuffix(CHAT_PATH) + "/api/server/register"
     status, raw = http_post(url, json.dumps(spec).encode())

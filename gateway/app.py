@@ -20,17 +20,19 @@ from gateway.declared import Declared
 from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.failover import Failover
+from gateway.fallback import Dispatcher
 from gateway.health import HealthChecker, reap_expired
 from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, anthropic, keys, meta, ollama, openai, probes, seed
+from gateway.routes import admin, anthropic, keys, meta, models, ollama, openai, probes, seed
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
     API_KEYS,
     CATALOGUE,
+    DISPATCHER,
     FAILOVER,
     FOLLOWER,
     HEALTH,
@@ -40,6 +42,7 @@ from gateway.state import (
     SESSION,
     SETTINGS,
     STORE,
+    UPSTREAM,
 )
 from gateway.worker import Ejection
 from registry import (
@@ -80,7 +83,9 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
-    router = app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
+    router = app[ROUTER] = Router(
+        settings.balancing, settings.max_queued_per_model, models=settings.models
+    )
     metrics = app[METRICS] = Metrics(multiproc_dir=settings.metrics_multiproc_dir)
     metrics.watch_registry(lambda: _registry_size(router))
     metrics.watch_workers(lambda: _worker_health(router))
@@ -89,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
     tables = [
         admin.routes,
+        models.routes,
         keys.routes,
         seed.routes,
         openai.routes,
@@ -252,7 +258,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent",),
     )
     app[SESSION] = session
-    app[FAILOVER] = Failover(
+    app[UPSTREAM] = client
+    failover = app[FAILOVER] = Failover(
         client,
         limits=Limits(
             max_response_bytes=settings.max_response_bytes,
@@ -269,6 +276,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         queue_timeout_s=settings.queue_timeout_s,
         panic=settings.panic_mode,
     )
+    app[DISPATCHER] = Dispatcher(app[ROUTER], failover)
     try:
         yield
     finally:
@@ -337,7 +345,7 @@ async def _follower(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _health_checker(app: web.Application) -> AsyncIterator[None]:
-    checker = HealthChecker(app[STORE], app[ROUTER], app[SESSION], app[SETTINGS])
+    checker = HealthChecker(app[STORE], app[ROUTER], app[SESSION], app[SETTINGS], app[UPSTREAM])
     app[HEALTH] = checker
     async with _background("health-checker", checker.run):
         yield

@@ -18,6 +18,7 @@
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
     ├── WorkerRateLimited    429  every worker tried said 429 (their Retry-After passed on)
     ├── WorkerRefused        4xx  a worker refused the client's request (400, 413, 422)
+    │   └── ContextTooLong   400  a worker said the prompt is longer than its context window
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
@@ -38,8 +39,9 @@ matched (gateway/endpoints.py): the seed's `{"success": false, "msg"}`, OpenAI's
 on the request (`ERROR`) for the access log.
 """
 
+import difflib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import orjson
@@ -140,6 +142,15 @@ class WorkerRefused(GatewayError):
         super().__init__(message, status=status)
 
 
+class ContextTooLong(WorkerRefused):
+    """The worker said the prompt does not fit its context window (a fallback trigger)."""
+
+    code = "context_length_exceeded"  # OpenAI's own code for it
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
 class UpstreamError(GatewayError):
     status, code, openai_type = 502, "upstream_error", "api_error"
 
@@ -158,6 +169,35 @@ class StoreUnavailable(Unavailable):
 
 class UpstreamTimeout(GatewayError):
     status, code, openai_type = 504, "upstream_timeout", "api_error"
+
+
+# How many registered models a 404 for an unknown one names.
+SUGGESTED_MODELS = 10
+
+
+def unknown_model(model: str, known: Sequence[str], *, lead: str = "") -> UnknownModel:
+    """The 404 for `model`, naming the models that have workers, the closest ones first.
+
+    `lead` replaces the opening words (a protocol's own phrasing of "not found").
+    """
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    lead = lead or f"no worker is registered for model {shown!r}"
+    if not known:
+        return UnknownModel(
+            f"{lead}, nor for any other model yet; register one with POST /api/server/register"
+        )
+    close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+    if not close:  # a different case or a version suffix is what people get wrong most
+        folded = model.casefold()
+        close = [name for name in known if folded in name.casefold()][:3]
+    named = close + [name for name in known if name not in close]
+    listed = ", ".join(repr(name) for name in named[:SUGGESTED_MODELS])
+    if len(named) > SUGGESTED_MODELS:
+        listed += f" and {len(named) - SUGGESTED_MODELS} more"
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UnknownModel(
+        f"{lead}; {hint}registered models: {listed} (GET /v1/models or /api/tags lists them all)"
+    )
 
 
 def invalid(exc: ValidationError, what: str) -> GatewayError:
@@ -181,6 +221,7 @@ _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.ManagedWorker: Conflict,
     registry.UnknownWorker: UnknownWorker,
     registry.UnknownApiKey: UnknownKey,
+    registry.UnknownModelSettings: UnknownModel,
     registry.StoreUnavailable: StoreUnavailable,
 }
 

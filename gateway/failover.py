@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -43,6 +43,9 @@ from templates import MODEL_NAME, ExtractError, RenderedRequest
 from templates.codecs import Embeddings
 from templates.conversation import Reply
 from templates.errors import CannotTranslate
+
+if TYPE_CHECKING:
+    from gateway.affinity import Affinity
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,19 @@ class Failover:
         self._panic = panic
         self._metrics = metrics
 
-    async def complete(self, pool: Pool, call: Call) -> Answer:
-        """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
+    async def complete(
+        self,
+        pool: Pool,
+        call: Call,
+        *,
+        affinity: "Affinity | None" = None,
+        queue: bool = True,
+    ) -> Answer:
+        """Get a whole answer for `call` from a worker of `pool`, failing over if needed.
+
+        `affinity` is what `prefix` balancing places the request by; with `queue` false a
+        request that finds every worker busy is refused (Overloaded) instead of waiting.
+        """
         client, limits = self._client, self._limits
 
         async def attempt(slot: Slot, req: WorkerRequest, timeout_s: float, until: float) -> Answer:
@@ -111,12 +125,19 @@ class Failover:
                 return Answer(worker, 0, elapsed, embeddings=found)
             return Answer(worker, 0, elapsed, reply=await read_reply(worker, req, raw, limits))
 
-        answer, tries = await self._run(pool, call, attempt, hold=False)
+        answer, tries = await self._run(pool, call, attempt, False, affinity, queue)
         return Answer(
             answer.worker, tries, answer.upstream_s, answer.reply, answer.embeddings, answer.raw
         )
 
-    async def open_stream(self, pool: Pool, call: Call) -> Stream:
+    async def open_stream(
+        self,
+        pool: Pool,
+        call: Call,
+        *,
+        affinity: "Affinity | None" = None,
+        queue: bool = True,
+    ) -> Stream:
         """Start a streamed answer, failing over until a worker accepts the request.
 
         A worker that answers whole is read here, before the client's stream begins, so its
@@ -153,7 +174,7 @@ class Failover:
                 tries=0,
             )
 
-        stream, tries = await self._run(pool, call, attempt, hold=True)
+        stream, tries = await self._run(pool, call, attempt, True, affinity, queue)
         stream.tries = tries
         return stream
 
@@ -182,10 +203,16 @@ class Failover:
         raise UpstreamError(f"model {pool.model!r}: counting tokens failed: " + "; ".join(failures))
 
     async def _run(
-        self, pool: Pool, call: Call, attempt: Attempt[T], *, hold: bool
+        self,
+        pool: Pool,
+        call: Call,
+        attempt: Attempt[T],
+        hold: bool,
+        affinity: "Affinity | None",
+        queue: bool,
     ) -> tuple[T, int]:
         until = _now() + self._request_timeout_s
-        candidates = await self._candidates(pool, call, until)
+        candidates = await self._candidates(pool, call, until, affinity, queue)
         failures: list[str] = []
         limited: list[AttemptFailed] = []  # the tries a worker answered 429
         timed_out = True
@@ -256,10 +283,12 @@ class Failover:
             if metrics is not None:
                 metrics.ejected(pool.model, worker.label)
 
-    async def _candidates(self, pool: Pool, call: Call, until: float) -> list[Worker]:
+    async def _candidates(
+        self, pool: Pool, call: Call, until: float, affinity: "Affinity | None", queue: bool
+    ) -> list[Worker]:
         op = call.op
         while True:
-            candidates = pool.candidates(op, self._max_tries, panic=self._panic)
+            candidates = pool.candidates(op, self._max_tries, panic=self._panic, affinity=affinity)
             if candidates:
                 return candidates
             if op != "chat" and not pool.able(op):
@@ -273,7 +302,7 @@ class Failover:
                     "ejected after failures); retry after the Retry-After delay",
                     headers={"Retry-After": str(pool.retry_after_s())},
                 )
-            wait_s = min(self._queue_timeout_s, until - _now())
+            wait_s = min(self._queue_timeout_s, until - _now()) if queue else 0.0
             try:
                 if wait_s <= 0:
                     raise TimeoutError

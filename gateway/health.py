@@ -6,6 +6,7 @@ worker's `health_url` (2xx is healthy; redirects are not followed, a 3xx is down
 not read) or, without one, a TCP connect to its host and port.
 A worker goes down after `probe_fall` failed probes in a row and up after `probe_rise`
 good ones; each change is written to Redis and reaches every process as a change event.
+The same round reads the load of workers that publish it (gateway/load.py).
 
 Every process also reaps workers whose heartbeat (`ttl_s`) has lapsed: the reap is one
 atomic script, so several processes doing it at once remove each worker once.
@@ -22,6 +23,8 @@ import time
 import aiohttp
 from yarl import URL
 
+from gateway.http1 import Client
+from gateway.load import LoadReader
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.worker import Worker
@@ -39,6 +42,7 @@ class HealthChecker:
         router: Router,
         session: aiohttp.ClientSession,
         settings: Settings,
+        client: Client,
     ) -> None:
         self._store = store
         self._router = router
@@ -49,6 +53,14 @@ class HealthChecker:
         self.leader = False
         self._streaks: dict[str, tuple[bool, int]] = {}
         self._limit = asyncio.Semaphore(32)
+        self.loads = LoadReader(
+            client,
+            store,
+            router,
+            timeout_s=settings.probe_timeout_s,
+            max_bytes=settings.metrics_max_bytes,
+            interval_s=settings.probe_interval_s,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe while holding the lease, until `stop` is set.
@@ -95,6 +107,8 @@ class HealthChecker:
             if count % 1000 == 0:
                 await asyncio.sleep(0)  # thousands of workers: let requests run meanwhile
         await asyncio.gather(*(self._probe(group) for group in groups.values()))
+        # After the health round, so only workers that are up now have their load read.
+        await self.loads.read_all()
         if len(self._streaks) > 2 * sum(len(group) for group in groups.values()):
             known = {w.id for group in groups.values() for w in group}
             self._streaks = {k: v for k, v in self._streaks.items() if k in known}

@@ -7,8 +7,9 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,7 +21,7 @@ from pydantic import (
 )
 
 from gateway.declared import WorkersError, read_workers
-from registry import WorkerSpec, check_url
+from registry import Balancing, ModelSettings, WorkerSpec, check_name, check_url
 
 ENV_PREFIX = "GATEWAY_"
 # prometheus_client's own switch for multiprocess mode; read here so nothing else reads it.
@@ -67,7 +68,10 @@ class Settings(BaseModel):
     upstream_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     max_tries: Annotated[int, Field(ge=1, le=10)] = 3
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    balancing: Literal["round_robin", "weighted", "least_outstanding"] = "round_robin"
+    balancing: Balancing = "round_robin"
+    # Per-model settings (docs/routing.md), a `[models.NAME]` table each in the config file;
+    # those set through the admin API win over these.
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
     panic_mode: bool = False
     queue_timeout_s: Annotated[float, Field(ge=0)] = 5.0
     max_queued_per_model: Annotated[int, Field(ge=0)] = 256
@@ -81,6 +85,8 @@ class Settings(BaseModel):
     probe_fall: Annotated[int, Field(ge=1)] = 2
     probe_lease_s: Annotated[float, Field(gt=0)] = 5.0
     reap_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    # Load-aware balancing reads workers' /metrics in the probe loop (docs/routing.md).
+    metrics_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # What else a worker may send (docs/operations.md, "Limits on what workers send").
@@ -141,6 +147,28 @@ class Settings(BaseModel):
                 return 0.0
             if word in ("on", "true", "yes"):
                 return 1.0
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_json(cls, value: Any) -> Any:
+        """Accept a JSON object (an env var) as well as the config file's tables."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"models must be a JSON object ({exc})") from None
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name, settings in value.items():
+            try:
+                check_name(name)
+                settings.checked_for(name)
+            except ValueError as exc:
+                raise ValueError(f"models.{name}: {exc}") from None
         return value
 
     @field_validator("worker_allowlist", "allowed_origins", "allowed_hosts", mode="before")

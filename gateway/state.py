@@ -7,7 +7,9 @@ from redis.asyncio import Redis
 from gateway.allowlist import AllowList
 from gateway.endpoints import CATALOGUE
 from gateway.failover import Failover
+from gateway.fallback import Dispatcher
 from gateway.health import HealthChecker
+from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
@@ -20,6 +22,8 @@ ROUTER = web.AppKey("router", Router)
 FOLLOWER = web.AppKey("follower", Follower)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 FAILOVER = web.AppKey("failover", Failover)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+UPSTREAM = web.AppKey("upstream", Client)  # the worker client (gateway/http1/)
 HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
@@ -29,6 +33,7 @@ __all__ = [
     "ALLOWLIST",
     "API_KEYS",
     "CATALOGUE",
+    "DISPATCHER",
     "FAILOVER",
     "FOLLOWER",
     "HEALTH",
@@ -38,4 +43,5 @@ __all__ = [
     "SESSION",
     "SETTINGS",
     "STORE",
+    "UPSTREAM",
 ]

@@ -14,7 +14,7 @@ from typing import Literal
 from yarl import URL
 
 from gateway.redact import Redactor
-from registry import Health, WorkerRecord
+from registry import Health, Load, WorkerRecord
 from templates import OperationName, WorkerPlan
 
 
@@ -42,6 +42,16 @@ class WorkerStats:
     active: Literal["unknown", "up", "down"] = "unknown"
     active_since: float | None = None
     active_reason: str = ""
+    report: Load | None = None  # what the worker's /metrics last said (shared by the prober)
+    others: int = 0  # requests at the worker from elsewhere, as of that report
+
+    def load(self) -> int:
+        """Requests the worker is busy with: this process's now, and the others' last reported.
+
+        A report counts every request the worker had, this process's included; what it had
+        beyond this process's count when the report arrived is the others' share.
+        """
+        return self.in_flight + self.others
 
     def succeeded(self) -> None:
         self.successes += 1
@@ -74,6 +84,7 @@ class WorkerStats:
         """Take the active health checker's view of the worker."""
         if health is None:
             self.active, self.active_since, self.active_reason = "unknown", None, ""
+            self.report, self.others = None, 0
             return
         if health.state == "up" and self.active == "down":
             # The worker is back: forget the passive ejection too, so it carries traffic now.
@@ -85,6 +96,9 @@ class WorkerStats:
             health.since,
             health.reason,
         )
+        load = health.load
+        self.report = load
+        self.others = 0 if load is None else max(0, load.running + load.waiting - self.in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +110,20 @@ class Worker:
     label: str  # scheme://host:port/path, safe to show (no query, no credentials)
     probe_target: str  # what an active health probe checks: the health URL, or host:port
     redact: Redactor  # hides the worker's own secrets in anything it sends back
+    # Where its load is read: its metrics_url, else /metrics at the host of an OpenAI-speaking
+    # worker (vLLM, SGLang, llama.cpp publish there), read only when load-aware balancing
+    # needs it (`metrics_given` False).
+    metrics_url: str | None
+    seed: int  # its rendezvous hash seed (gateway/affinity.py): the same in every process
     stats: WorkerStats = field(default_factory=WorkerStats)
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    @property
+    def metrics_given(self) -> bool:
+        return self.record.metrics_url is not None
 
     def healthy(self, now: float) -> bool:
         stats = self.stats
@@ -120,5 +143,13 @@ class Worker:
         label = f"{url.scheme}://{url.host}:{url.port}{url.path}"
         base = URL(plan.base_url)
         target = record.health_url or f"tcp://{base.host}:{base.port}"
-        redact = Redactor.of(record.header.values(), (record.req_url_template, record.health_url))
-        return cls(record, plan, label, target, redact, stats or WorkerStats())
+        redact = Redactor.of(
+            record.header.values(),
+            (record.req_url_template, record.health_url, record.metrics_url),
+        )
+        metrics = record.metrics_url
+        if metrics is None and plan.protocol == "openai" and base.host:
+            # The same scheme, host and port as the worker's URL: inside the allow-list too.
+            metrics = str(base.origin().with_path("/metrics"))
+        seed = int(record.id[:16], 16)  # the id is a hex digest of the worker's identity
+        return cls(record, plan, label, target, redact, metrics, seed, stats or WorkerStats())

@@ -9,20 +9,41 @@ from registry.errors import (
     RegistryError,
     StoreUnavailable,
     UnknownApiKey,
+    UnknownModelSettings,
     UnknownWorker,
 )
 from registry.lease import Lease
 from registry.managed import Applied, apply_managed
-from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
-from registry.store import REDIS_ERRORS, RegistryStore
+from registry.model_settings import (
+    TRIGGERS,
+    AliasTarget,
+    Balancing,
+    ModelRecord,
+    ModelSettings,
+    Trigger,
+    check_name,
+)
+from registry.models import (
+    Change,
+    Health,
+    Load,
+    RegisterRequest,
+    WorkerKey,
+    WorkerRecord,
+    WorkerSpec,
+)
+from registry.store import REDIS_ERRORS, RegistryStore, Snapshot
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "REDIS_ERRORS",
+    "TRIGGERS",
     "Admission",
+    "AliasTarget",
     "ApiKey",
     "ApiKeyStore",
     "Applied",
+    "Balancing",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
@@ -30,19 +51,26 @@ __all__ = [
     "Follower",
     "Health",
     "Lease",
+    "Load",
     "ManagedWorker",
+    "ModelRecord",
+    "ModelSettings",
     "NewApiKey",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "Snapshot",
     "StoreUnavailable",
+    "Trigger",
     "UnknownApiKey",
+    "UnknownModelSettings",
     "UnknownWorker",
     "ViewSink",
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
     "apply_managed",
+    "check_name",
     "check_url",
     "connect",
     "hash_key",

@@ -23,3 +23,7 @@ class StoreUnavailable(RegistryError):
 
 class UnknownApiKey(RegistryError):
     """No API key with that id exists (never created, or revoked)."""
+
+
+class UnknownModelSettings(RegistryError):
+    """No settings are stored for that model."""

@@ -30,6 +30,11 @@ class Keys:
         return f"{self._tag}:model:"
 
     @property
+    def models(self) -> str:
+        """Hash: model name -> its settings record (JSON), written by the admin API."""
+        return f"{self._tag}:models"
+
+    @property
     def health(self) -> str:
         """Hash: worker id -> Health (JSON), written by the active health checker."""
         return f"{self._tag}:health"

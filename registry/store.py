@@ -1,5 +1,6 @@
 """The worker registry in Redis: atomic writes, snapshots and change events.
 
+Workers, their health and model settings share one version counter and one event channel.
 A write is one Lua script: it changes the record, the per-model index and the version counter
 and publishes the change event in a single atomic step, so a follower that sees version N has
 seen every change up to N, and a gap in versions tells it to resync.
@@ -7,15 +8,22 @@ seen every change up to N, and a gap in versions tells it to resync.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from registry.errors import DuplicateWorker, ManagedWorker, StoreUnavailable, UnknownWorker
+from registry.errors import (
+    DuplicateWorker,
+    ManagedWorker,
+    StoreUnavailable,
+    UnknownModelSettings,
+    UnknownWorker,
+)
 from registry.keys import Keys
+from registry.model_settings import ModelRecord
 from registry.models import Change, Health, WorkerRecord, other_forms, worker_id
 
 T = TypeVar("T")
@@ -140,11 +148,42 @@ return reaped
 )
 
 
-# KEYS: workers, health, version. One atomic read (a MULTI is not available on a Cluster).
+# KEYS: models, version. ARGV: model name, record JSON, channel. The name is encoded by cjson:
+# unlike a worker id, it may hold quotes or backslashes.
+_MODEL_PUT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], '{"v":' .. v .. ',"op":"model","id":' .. cjson.encode(ARGV[1])
+  .. ',"model":' .. ARGV[2] .. '}')
+return v
+"""
+
+# KEYS: models, version. ARGV: model name, channel.
+_MODEL_DEL = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return -1
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"model_del","id":' .. cjson.encode(ARGV[1])
+  .. '}')
+return v
+"""
+
+# KEYS: workers, health, version, models. One atomic read (a MULTI is not available on a
+# Cluster).
 _SNAPSHOT = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-        redis.call('GET', KEYS[3])}
+        redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
+
+
+class Snapshot(NamedTuple):
+    """Everything a view is built from, at one version."""
+
+    version: int
+    records: list[WorkerRecord]
+    health: dict[str, Health]
+    models: list[ModelRecord]
 
 
 class RegistryStore:
@@ -159,6 +198,8 @@ class RegistryStore:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._reap = redis.register_script(_REAP)
         self._snapshot = redis.register_script(_SNAPSHOT)
+        self._model_put = redis.register_script(_MODEL_PUT)
+        self._model_del = redis.register_script(_MODEL_DEL)
 
     async def put(self, record: WorkerRecord, *, replace: bool) -> Change:
         """Store `record`; raise DuplicateWorker when it exists and `replace` is false."""
@@ -262,12 +303,31 @@ class RegistryStore:
         reaped = await guard(lambda: self._reap(keys=keys, args=args))
         return [wid.decode() if isinstance(wid, bytes) else str(wid) for wid in reaped]
 
-    async def snapshot(self) -> tuple[int, list[WorkerRecord], dict[str, Health]]:
-        """Read every record, its health and the version they correspond to, atomically."""
+    async def put_model(self, record: ModelRecord) -> Change:
+        """Store a model's settings, replacing what was stored for it."""
+        k = self.keys
+        args = [record.name, record.model_dump_json(), k.events]
+        version = await guard(lambda: self._model_put(keys=[k.models, k.version], args=args))
+        return Change(v=int(version), op="model", id=record.name, model=record)
+
+    async def delete_model(self, name: str) -> Change:
+        """Remove a model's stored settings; raise UnknownModelSettings when it has none."""
+        k = self.keys
+        args = [name, k.events]
+        version = await guard(lambda: self._model_del(keys=[k.models, k.version], args=args))
+        if version == -1:
+            raise UnknownModelSettings(
+                f"model {name!r} has no settings set through the API; "
+                "GET /api/server/models lists every model and where its settings come from"
+            )
+        return Change(v=int(version), op="model_del", id=name)
+
+    async def snapshot(self) -> Snapshot:
+        """Read every record, its health, the model settings and their version, atomically."""
 
         k = self.keys
-        flat_records, flat_health, version = await guard(
-            lambda: self._snapshot(keys=[k.workers, k.health, k.version])
+        flat_records, flat_health, version, flat_models = await guard(
+            lambda: self._snapshot(keys=[k.workers, k.health, k.version, k.models])
         )
         records = []
         for count, blob in enumerate(flat_records[1::2], start=1):
@@ -285,7 +345,13 @@ class RegistryStore:
                 health[wid.decode()] = Health.model_validate_json(blob)
             except ValidationError:
                 continue
-        return int(version or 0), records, health
+        models: list[ModelRecord] = []
+        for blob in flat_models[1::2]:
+            try:
+                models.append(ModelRecord.model_validate_json(blob))
+            except ValidationError:
+                continue
+        return Snapshot(int(version or 0), records, health, models)
 
     async def version(self) -> int:
         """Return the current registry version."""

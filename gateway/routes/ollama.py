@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.calls import Call
 from gateway.endpoints import Routes
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, unknown_model
 from gateway.failover import Answer
 from gateway.observe import REQUEST_ID
-from gateway.routes._common import answer, json_response, parse, parse_with_raw, unknown_model
+from gateway.routes._common import answer, json_response, parse, parse_with_raw
 from gateway.state import ROUTER
 from gateway.worker import Worker
 from templates.codecs import embeddings, ollama
