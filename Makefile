@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench bench-scale clean
+.PHONY: install run test lint typecheck bench bench-scale llama-server clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# llama.cpp's llama-server for the tests under tests/llama/, built once into the user cache.
+llama-server: $(STAMP)
+	$(BIN)/python tests/llama/build.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway registry templates tests bench deploy
