@@ -182,8 +182,11 @@ async def test_openai_client_gets_the_seed_workers_text(
     sdk: openai.AsyncOpenAI, direct: httpx.AsyncClient
 ) -> None:
     reply = await sdk.chat.completions.create(model="tiny-seed", messages=HELLO)
+    stream = await sdk.chat.completions.create(model="tiny-seed", messages=HELLO, stream=True)
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     own = await direct_chat(direct, messages=HELLO, **GREEDY)
     assert reply.choices[0].message.content == own["choices"][0]["message"]["content"]
+    assert streamed == own["choices"][0]["message"]["content"]
 
 
 async def test_context_overflow_is_a_400_for_openai_clients(sdk: openai.AsyncOpenAI) -> None:
