@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint typecheck bench bench-scale clean
+.PHONY: install run test lint typecheck bench bench-scale llama-server clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ run: $(RUN_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# llama.cpp's llama-server for the tests under tests/llama/, built once into the user cache.
+llama-server: $(STAMP)
+	$(BIN)/python tests/llama/build.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway registry templates tests bench deploy
