@@ -5,8 +5,8 @@ through, other clients translated) and as a seed-style template worker on its
 /v1/chat/completions. Answers are compared with what the same server says when asked
 directly. Greedy decoding (temperature 0) makes them the same bytes.
 
-Tests marked xfail(strict=True) name what the gateway gets wrong against this server today
-(issue 12 rebuilds translation); each turns into a failure the moment it is fixed.
+The test marked xfail(strict=True) names what the gateway still gets wrong against this server
+(it turns into a failure the moment it is fixed).
 """
 
 import asyncio
@@ -27,8 +27,6 @@ MAX_TOKENS = 8
 HELLO = [{"role": "user", "content": "hello there"}]
 GREEDY: dict[str, Any] = {"temperature": 0.0, "max_tokens": MAX_TOKENS}
 OLLAMA_GREEDY: dict[str, Any] = {"temperature": 0.0, "num_predict": MAX_TOKENS}
-
-TRANSLATION_GAP = "issue 12: translated answers"
 
 
 def openai_worker(model: str, llama: LlamaServer) -> dict[str, Any]:
@@ -199,11 +197,6 @@ async def test_context_overflow_is_a_400_for_openai_clients(sdk: openai.AsyncOpe
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{TRANSLATION_GAP}: a translated worker's 400 (prompt over the context) is told "
-    "to the client as 502, as if the worker had failed",
-)
 async def test_context_overflow_is_a_400_on_the_seed_route(
     client: httpx.AsyncClient, llama_models: None
 ) -> None:
@@ -247,11 +240,6 @@ def ollama_chat(gateway: Gateway, model: str, **kwargs: Any) -> ollama.ChatRespo
         sdk.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{TRANSLATION_GAP}: /api/chat from an OpenAI worker always says done_reason "
-    "'stop', also when the worker stopped on its token limit ('length')",
-)
 async def test_ollama_client_sees_why_the_worker_stopped(
     gateway: Gateway, llama_models: None
 ) -> None:
@@ -259,11 +247,6 @@ async def test_ollama_client_sees_why_the_worker_stopped(
     assert (await asyncio.to_thread(ollama_chat, gateway, "tiny")).done_reason == "length"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{TRANSLATION_GAP}: /api/chat from an OpenAI worker has no prompt_eval_count or "
-    "eval_count (the worker's usage is dropped)",
-)
 async def test_ollama_client_sees_the_workers_token_counts(
     gateway: Gateway, llama_models: None, direct: httpx.AsyncClient
 ) -> None:
@@ -273,11 +256,6 @@ async def test_ollama_client_sees_the_workers_token_counts(
     assert reply.eval_count == own["usage"]["completion_tokens"] == MAX_TOKENS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{TRANSLATION_GAP}: a translated worker's 400 (prompt over the context) is told "
-    "to an Ollama client as 502, as if the worker had failed",
-)
 async def test_context_overflow_is_a_400_on_the_ollama_route(
     gateway: Gateway, llama_models: None
 ) -> None:
