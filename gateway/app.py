@@ -26,7 +26,18 @@ from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, anthropic, keys, meta, models, ollama, openai, probes, seed
+from gateway.routes import (
+    admin,
+    anthropic,
+    keys,
+    meta,
+    models,
+    ollama,
+    openai,
+    probes,
+    responses,
+    seed,
+)
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
@@ -38,6 +49,7 @@ from gateway.state import (
     HEALTH,
     METRICS,
     REDIS,
+    RESPONSES,
     ROUTER,
     SESSION,
     SETTINGS,
@@ -54,6 +66,7 @@ from registry import (
     connect,
     pause,
 )
+from registry.responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +112,7 @@ def create_app(settings: Settings) -> web.Application:
         seed.routes,
         openai.routes,
         anthropic.routes,
+        responses.routes,
         ollama.routes,
         probes.routes,
         meta.routes,
@@ -219,6 +233,7 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[STORE] = RegistryStore(redis, settings.key_prefix)
     app[API_KEYS] = ApiKeyStore(redis, settings.key_prefix)
+    app[RESPONSES] = ResponseStore(redis, settings.key_prefix, settings.responses_ttl_s)
     guard = app[GUARD] = Guard(settings, app[API_KEYS], app[METRICS])
     if guard.open:
         log.warning("%s", guard.describe())

@@ -113,6 +113,8 @@ class Settings(BaseModel):
     api_key_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     # While Redis is unreachable, a cached key answer past its TTL is kept this much longer.
     api_key_cache_grace_s: Annotated[float, Field(ge=0, le=3600)] = 600.0
+    # How long a stored Responses-API response (and its conversation) is kept.
+    responses_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
     api_key_cache_size: Annotated[int, Field(ge=1)] = 10_000
     api_key_lease_s: Annotated[float, Field(gt=0)] = 900.0
     worker_allowlist: tuple[str, ...] = ()

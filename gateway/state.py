@@ -14,6 +14,7 @@ from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
 from registry import ApiKeyStore, Follower, RegistryStore
+from registry.responses import ResponseStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -28,6 +29,7 @@ HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
+RESPONSES = web.AppKey("responses", ResponseStore)
 
 __all__ = [
     "ALLOWLIST",

@@ -76,3 +76,8 @@ class Keys:
     def in_flight(self, key_id: str) -> str:
         """Sorted set: the key's requests in progress, scored by their start (ms)."""
         return f"{self._tag}:inflight:{key_id}"
+
+    def response(self, response_id: str) -> str:
+        """String: a stored Responses-API response (JSON: owner, response, input, history),
+        expiring after `responses_ttl_s`."""
+        return f"{self._tag}:response:{response_id}"
