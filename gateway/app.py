@@ -21,10 +21,11 @@ from gateway.errors import error_middleware
 from gateway.failover import Failover
 from gateway.health import HealthChecker, reap_expired
 from gateway.http1 import Client
+from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, keys, meta, ollama, openai, probes, seed
+from gateway.routes import admin, dashboard, keys, meta, ollama, openai, probes, seed, ui
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
@@ -33,6 +34,7 @@ from gateway.state import (
     FAILOVER,
     FOLLOWER,
     HEALTH,
+    LIVE,
     METRICS,
     REDIS,
     ROUTER,
@@ -86,6 +88,8 @@ def create_app(settings: Settings) -> web.Application:
     metrics.watch_load(lambda: _worker_load(router))
     router.on_removed = metrics.forget_worker
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
+    app[LIVE] = Live()  # the dashboard's figures
+    app[ui.UI] = ui.UiFiles.load()
     tables = [
         admin.routes,
         keys.routes,
@@ -94,6 +98,8 @@ def create_app(settings: Settings) -> web.Application:
         ollama.routes,
         probes.routes,
         meta.routes,
+        dashboard.routes,
+        ui.routes,
     ]
     for table in tables:
         app.add_routes(table)

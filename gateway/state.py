@@ -8,6 +8,7 @@ from gateway.allowlist import AllowList
 from gateway.endpoints import CATALOGUE
 from gateway.failover import Failover
 from gateway.health import HealthChecker
+from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
@@ -24,6 +25,7 @@ HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
+LIVE = web.AppKey("live", Live)
 
 __all__ = [
     "ALLOWLIST",
@@ -32,6 +34,7 @@ __all__ = [
     "FAILOVER",
     "FOLLOWER",
     "HEALTH",
+    "LIVE",
     "METRICS",
     "REDIS",
     "ROUTER",
