@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench bench-scale clean
+.PHONY: install run test lint typecheck bench bench-scale screenshots clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway registry templates tests bench deploy
 	$(BIN)/ruff format --check gateway registry templates tests bench deploy
 	$(BIN)/mypy
+
+# The dashboard's screenshots in docs/, taken by its browser tests (needs chromium).
+screenshots: $(STAMP)
+	GATEWAY_SCREENSHOTS=docs GATEWAY_TEST_BROWSER=required $(BIN)/python -m pytest tests/gateway/test_dashboard.py -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
