@@ -51,7 +51,7 @@ export function poll(everyMs, task) {
   async function tick() {
     if (stopped) return;
     try {
-      await task();
+      if (!document.hidden) await task(); // a tab in the background asks for nothing
     } finally {
       if (!stopped) timer = setTimeout(tick, everyMs);
     }
