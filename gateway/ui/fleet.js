@@ -78,7 +78,7 @@ function workerRow(worker, now) {
     h("td", {}, badge(health.state)),
     h("td", {}, h("a", { href: `#/worker/${worker.id}` }, worker.label), worker.owner ? h("span", { class: "muted" }, ` ${worker.owner}`) : null),
     h("td", { class: "reason" }, health.reason),
-    h("td", {}, fmt.ago(health.since, now)),
+    h("td", { class: "nowrap" }, fmt.ago(health.since, now)),
     h("td", { class: "num" }, String(worker.ejections)),
     h("td", { class: "num" }, `${worker.in_flight}${limit}`),
     h("td", { class: "num" }, fmt.perS(live.per_s)),

@@ -83,7 +83,7 @@ function probeHistory(data) {
     h("td", {}, badge(run.ok ? "ok" : "failed")),
     h("td", {}, run.reason || "–"),
     h("td", { class: "num" }, String(run.count)),
-    h("td", {}, fmt.clock(run.first_at), " – ", fmt.clock(run.last_at)),
+    h("td", { class: "nowrap" }, fmt.clock(run.first_at), " – ", fmt.clock(run.last_at)),
     h("td", { class: "num" }, fmt.ms(run.last_ms)),
   ));
   return h(
