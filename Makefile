@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint typecheck bench bench-scale llama-server clean
+.PHONY: install run test lint typecheck bench bench-scale llama-server screenshots clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway registry templates tests bench deploy
 	$(BIN)/ruff format --check gateway registry templates tests bench deploy
 	$(BIN)/mypy
+
+# The dashboard's screenshots in docs/, taken by its browser tests (needs chromium).
+screenshots: $(STAMP)
+	GATEWAY_SCREENSHOTS=docs GATEWAY_TEST_BROWSER=required $(BIN)/python -m pytest tests/gateway/test_dashboard.py -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -23,12 +23,14 @@ from gateway.failover import Failover
 from gateway.fallback import Dispatcher
 from gateway.health import HealthChecker, reap_expired
 from gateway.http1 import Client
+from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
 from gateway.routes import (
     admin,
     anthropic,
+    dashboard,
     keys,
     meta,
     models,
@@ -37,6 +39,7 @@ from gateway.routes import (
     probes,
     responses,
     seed,
+    ui,
 )
 from gateway.settings import Settings
 from gateway.state import (
@@ -47,6 +50,7 @@ from gateway.state import (
     FAILOVER,
     FOLLOWER,
     HEALTH,
+    LIVE,
     METRICS,
     REDIS,
     RESPONSES,
@@ -105,6 +109,8 @@ def create_app(settings: Settings) -> web.Application:
     metrics.watch_load(lambda: _worker_load(router))
     router.on_removed = metrics.forget_worker
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
+    app[LIVE] = Live()  # the dashboard's figures
+    app[ui.UI] = ui.UiFiles.load()
     tables = [
         admin.routes,
         models.routes,
@@ -116,6 +122,8 @@ def create_app(settings: Settings) -> web.Application:
         ollama.routes,
         probes.routes,
         meta.routes,
+        dashboard.routes,
+        ui.routes,
     ]
     for table in tables:
         app.add_routes(table)

@@ -235,7 +235,7 @@ class Failover:
             except AttemptFailed as exc:
                 slot.release()
                 reason = worker.redact(exc.reason)
-                self._failed(pool, worker, exc, reason, time.perf_counter() - slot.sent_at)
+                self._failed(pool, worker, exc, reason, slot.sent_at)
                 failures.append(f"{worker.label}: {reason}")
                 timed_out = timed_out and exc.timed_out
                 if exc.status == 429:
@@ -246,12 +246,12 @@ class Failover:
             except BaseException:
                 slot.release()
                 raise
+            ended = time.perf_counter()
             if metrics is not None:
-                elapsed = time.perf_counter() - slot.sent_at
-                metrics.observe_upstream(pool.model, worker.label, 200, elapsed)
+                metrics.observe_upstream(pool.model, worker.label, 200, ended - slot.sent_at)
             if not hold:  # a Stream keeps the worker's slot until it is closed
                 slot.release()
-                worker.stats.succeeded()
+                worker.stats.succeeded(slot.sent_at, ended)
             return result, tries
         summary = "; ".join(failures)
         noun = "try" if len(failures) == 1 else f"all {len(failures)} tries"
@@ -265,14 +265,15 @@ class Failover:
         raise UpstreamError(message)
 
     def _failed(
-        self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, elapsed_s: float
+        self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, started: float
     ) -> None:
         metrics = self._metrics
+        ended = time.perf_counter()
         if metrics is not None:
             outcome = exc.status or ("timeout" if exc.timed_out else "error")
-            metrics.observe_upstream(pool.model, worker.label, outcome, elapsed_s)
+            metrics.observe_upstream(pool.model, worker.label, outcome, ended - started)
         stats = worker.stats
-        if stats.failed(reason, self.ejection if exc.ejectable else None):
+        if stats.failed(reason, self.ejection if exc.ejectable else None, started, ended):
             log.warning(
                 "ejected worker %s of %s after %d failures in a row: %s",
                 worker.label,

@@ -22,7 +22,7 @@ from aiohttp import web
 from gateway.endpoints import Handler
 from gateway.errors import ERROR
 from gateway.router import Router
-from gateway.state import CATALOGUE, METRICS, ROUTER, SETTINGS
+from gateway.state import CATALOGUE, LIVE, METRICS, ROUTER, SETTINGS
 
 access_log = logging.getLogger("gateway.access")
 
@@ -107,12 +107,15 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = _CLIENT_GONE  # cancelled: the client went away (handler_cancellation)
         raise
     finally:
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        seconds = ended - started
         endpoint = app[CATALOGUE].find(request)
         family = endpoint.family if endpoint is not None else "none"
         route = endpoint.path if endpoint is not None else "unmatched"
         model = _model_label(app[ROUTER], trace.model)
         metrics.request_finished(family, route, model, status, seconds)
+        if model and model != "unknown":  # the dashboard's figures (gateway/live.py)
+            app[LIVE].request(model, ended, seconds, status < 500)
         error = request.get(ERROR)
         if error is not None and error.code == "store_unavailable":
             metrics.redis_error("request")

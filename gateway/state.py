@@ -10,6 +10,7 @@ from gateway.failover import Failover
 from gateway.fallback import Dispatcher
 from gateway.health import HealthChecker
 from gateway.http1 import Client
+from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.settings import Settings
@@ -30,6 +31,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
 RESPONSES = web.AppKey("responses", ResponseStore)
+LIVE = web.AppKey("live", Live)
 
 __all__ = [
     "ALLOWLIST",
@@ -39,6 +41,7 @@ __all__ = [
     "FAILOVER",
     "FOLLOWER",
     "HEALTH",
+    "LIVE",
     "METRICS",
     "REDIS",
     "ROUTER",

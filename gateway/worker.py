@@ -8,11 +8,13 @@ once.
 """
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 from yarl import URL
 
+from gateway.live import Window
 from gateway.redact import Redactor
 from registry import Health, Load, WorkerRecord
 from templates import OperationName, WorkerPlan
@@ -27,9 +29,16 @@ class Ejection:
     max_s: float = 300.0
 
 
+RECENT_ERRORS = 10  # failures kept per worker for the dashboard, newest last
+
+
 @dataclass(slots=True)
 class WorkerStats:
-    """Live state of one worker in this process."""
+    """Live state of one worker in this process.
+
+    `succeeded` and `failed` take the call's start and end (`time.perf_counter()`) for the
+    dashboard's figures (gateway/live.py), made on a worker's first call.
+    """
 
     in_flight: int = 0
     successes: int = 0
@@ -53,17 +62,32 @@ class WorkerStats:
         """
         return self.in_flight + self.others
 
-    def succeeded(self) -> None:
+    # For the dashboard: ejections in all, the last minute's calls, the last few failures.
+    ejected_total: int = 0
+    window: Window | None = None
+    recent_errors: deque[tuple[float, str]] | None = None
+
+    def succeeded(self, started: float, ended: float) -> None:
         self.successes += 1
         self.consecutive_failures = 0
         self.ejections = 0
+        window = self.window
+        if window is None:
+            window = self.window = Window(started)
+        window.record(ended, ended - started, True)
 
-    def failed(self, reason: str, ejection: Ejection | None) -> bool:
+    def failed(self, reason: str, ejection: Ejection | None, started: float, ended: float) -> bool:
         """Count a failure; return True when it ejects the worker."""
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = reason
-        self.last_error_at = time.time()
+        self.last_error_at = now = time.time()
+        if self.window is None:
+            self.window = Window(started)
+        self.window.record(ended, ended - started, False)
+        if self.recent_errors is None:
+            self.recent_errors = deque(maxlen=RECENT_ERRORS)
+        self.recent_errors.append((now, reason))
         if ejection is None or self.consecutive_failures < ejection.after_failures:
             return False
         if self.ejected_until > time.monotonic():
@@ -71,6 +95,7 @@ class WorkerStats:
         backoff_s = min(ejection.base_s * 2**self.ejections, ejection.max_s)
         self.ejected_until = time.monotonic() + backoff_s
         self.ejections += 1
+        self.ejected_total += 1
         return True
 
     def state(self, now: float) -> str:
