@@ -199,8 +199,10 @@ async def test_fleet_shows_a_killed_worker_down_and_back_up(
 
 
 async def test_register_through_the_form_with_the_apis_own_messages(
-    make_gateway: GatewayFactory, make_worker: WorkerFactory, page: Page
+    make_worker: WorkerFactory, make_gateway: GatewayFactory, page: Page
 ) -> None:
+    # The worker is started first so it stops last: the gateway's keep-alive connections to
+    # it are closed by the gateway's own cleanup, not left to the worker's.
     gateway = await make_gateway(admin_token=ADMIN)
     worker = await make_worker(name="formed")
     url = f"{worker.url}/api/generate"
