@@ -131,9 +131,11 @@ async def test_login_keeps_the_token_in_the_tab_and_refuses_a_wrong_one(
 
 
 async def test_fleet_shows_a_killed_worker_down_and_back_up(
-    make_gateway: GatewayFactory,
+    # Workers first: fixtures stop in reverse order, so the gateway stops probing them (every
+    # 0.2 s) before they stop; a probe accepted while a worker shuts down would leak a socket.
     make_worker: WorkerFactory,
     worker_processes: Callable[[str], WorkerProcess],
+    make_gateway: GatewayFactory,
     page: Page,
 ) -> None:
     gateway = await make_gateway(admin_token=ADMIN, **FAST_HEALTH)

@@ -57,7 +57,8 @@ async def test_fleet_counts_each_workers_calls_failures_latency_and_ejections(
 
 
 async def test_one_worker_shows_its_record_masked_its_errors_and_probe_history(
-    make_gateway: GatewayFactory, make_worker: WorkerFactory
+    make_worker: WorkerFactory,  # first: stopped after the gateway that probes it
+    make_gateway: GatewayFactory,
 ) -> None:
     gateway = await make_gateway(**FAST_HEALTH)
     worker = await make_worker(name="w", status=503)
