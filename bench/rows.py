@@ -25,6 +25,8 @@ ROWS = (
     "bare",
     "gateway",
     "gateway-openai",
+    "gateway-messages",
+    "gateway-responses",
     "gateway-rr4",
     "gateway-prefix4",
     "gateway-xN",
@@ -33,7 +35,15 @@ ROWS = (
 LATENCY_ROWS = frozenset({"direct", "bare", "gateway", "gateway-openai"})  # also at 1 connection
 VERSUS = ("gateway-openai", "gateway")  # one process each, held against LiteLLM's one worker
 _GATEWAY_ROWS = frozenset(
-    {"gateway", "gateway-openai", "gateway-rr4", "gateway-prefix4", "gateway-xN"}
+    {
+        "gateway",
+        "gateway-openai",
+        "gateway-messages",
+        "gateway-responses",
+        "gateway-rr4",
+        "gateway-prefix4",
+        "gateway-xN",
+    }
 )
 BASELINE_ROWS = ("gateway", "gateway-openai")  # the rows a --baseline run measures twice
 
@@ -87,6 +97,10 @@ def _start_gateways(
     stack.check_gateway(gateway)
     stack.check_openai(openai)
     started = {"gateway": gateway, "gateway-openai": openai}
+    for name, target in stack.translated_rows(openai).items():
+        if name in plan.rows:
+            stack.check_translated(target)
+            started[name] = target
     for name, balancing in (("rr4", "round_robin"), ("prefix4", "prefix")):
         if f"gateway-{name}" in plan.rows:
             pool = stack.register_pool(gateway, direct.url, name, balancing)
