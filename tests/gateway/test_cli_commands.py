@@ -388,3 +388,24 @@ async def test_entry_point_prints_json_for_scripts(gateway: Gateway) -> None:
     down = await run_entry_point("status", env={"GATEWAY_URL": "http://127.0.0.1:9"})
     await down.communicate()
     assert down.returncode == 3
+
+
+async def test_chat_streams_from_the_llama_cpp_worker(
+    cli: Any, gateway: Gateway, llama_server: Any
+) -> None:
+    async with gateway.client() as http:
+        body = {
+            "model_name": "tiny",
+            "preset": "openai",
+            "req_url_template": llama_server.openai_url,
+        }
+        assert (await http.post("/api/server/register", json=body)).status_code == 200
+        direct = await http.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": [{"role": "user", "content": "hello"}]},
+        )
+    answered = await cli("chat", "tiny", "hello", "--url", gateway.url)
+    assert answered.code == 0, answered.err
+    text = answered.out.strip()
+    assert text and set(text) <= set("abcdefghijklmnopqrstuvwxyz ")  # the tiny model's alphabet
+    assert direct.status_code == 200
