@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -280,3 +281,35 @@ async def test_passthrough_answer_names_the_model_the_client_asked_for(
 ) -> None:
     reply = await sdk.chat.completions.create(model="tiny-eos", messages=HELLO, **GREEDY)
     assert reply.model == "tiny-eos"
+
+
+async def test_anthropic_and_responses_clients_get_llama_servers_answer_and_counts(
+    gateway: Gateway, llama_models: None, direct: httpx.AsyncClient
+) -> None:
+    own = await direct_chat(direct, messages=HELLO, **GREEDY)
+    text = own["choices"][0]["message"]["content"]
+    claude = anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0)
+    said = await claude.messages.create(
+        model="tiny", max_tokens=MAX_TOKENS, messages=HELLO, extra_body={"temperature": 0.0}
+    )
+    assert said.content[0].text == text  # type: ignore[union-attr]
+    assert said.stop_reason == "max_tokens"
+    assert said.usage.input_tokens == own["usage"]["prompt_tokens"]
+    assert said.usage.output_tokens == own["usage"]["completion_tokens"]
+    async with claude.messages.stream(model="tiny-eos", max_tokens=64, messages=HELLO) as events:
+        final = await events.get_final_message()
+    assert final.stop_reason == "end_turn"
+    await claude.close()
+
+    async with async_client(gateway) as sdk:
+        answered = await sdk.responses.create(
+            model="tiny", input="hello there", max_output_tokens=MAX_TOKENS, temperature=0.0
+        )
+        assert answered.output_text == text
+        assert answered.status == "incomplete"
+        assert answered.usage is not None
+        assert answered.usage.output_tokens == own["usage"]["completion_tokens"]
+        follow = await sdk.responses.create(
+            model="tiny-eos", input="more", previous_response_id=answered.id, max_output_tokens=64
+        )
+        assert follow.status == "completed" and is_tiny_text(follow.output_text)
