@@ -24,11 +24,13 @@ from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, keys, meta, ollama, openai, probes, seed
+from gateway.routes import admin, assistants, keys, meta, ollama, openai, probes, runs, seed
+from gateway.runs import Runner
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
     API_KEYS,
+    ASSISTANTS,
     CATALOGUE,
     FAILOVER,
     FOLLOWER,
@@ -36,6 +38,7 @@ from gateway.state import (
     METRICS,
     REDIS,
     ROUTER,
+    RUNS,
     SESSION,
     SETTINGS,
     STORE,
@@ -44,6 +47,8 @@ from gateway.worker import Ejection
 from registry import (
     REDIS_ERRORS,
     ApiKeyStore,
+    AssistantLimits,
+    AssistantStore,
     EmbeddedRedis,
     Follower,
     RegistryStore,
@@ -92,6 +97,8 @@ def create_app(settings: Settings) -> web.Application:
         seed.routes,
         openai.routes,
         ollama.routes,
+        assistants.routes,
+        runs.routes,
         probes.routes,
         meta.routes,
     ]
@@ -106,6 +113,7 @@ def create_app(settings: Settings) -> web.Application:
             _redis_server,
             _redis_client,
             _upstream,
+            _assistants,
             _follower,
             _health_checker,
             _reaper,
@@ -271,6 +279,23 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     finally:
         await client.close()
         await session.close()
+
+
+async def _assistants(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    limits = AssistantLimits(
+        ttl_s=settings.assistants_ttl_s,
+        max_assistants=settings.assistants_max_per_key,
+        max_messages=settings.assistants_max_messages,
+        max_message_bytes=settings.assistants_max_message_bytes,
+        max_thread_bytes=settings.assistants_max_thread_bytes,
+    )
+    store = app[ASSISTANTS] = AssistantStore(app[REDIS], settings.key_prefix, limits)
+    runner = app[RUNS] = Runner(store, app[FAILOVER], request_timeout_s=settings.request_timeout_s)
+    try:
+        yield
+    finally:
+        await runner.close()  # before the Redis client closes: each run stores how it ended
 
 
 @contextlib.asynccontextmanager

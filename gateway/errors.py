@@ -179,6 +179,11 @@ _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.UnknownWorker: UnknownWorker,
     registry.UnknownApiKey: UnknownKey,
     registry.StoreUnavailable: StoreUnavailable,
+    registry.NotStored: NotFound,
+    registry.ThreadBusy: Conflict,
+    registry.StorageFull: Conflict,
+    registry.MessageTooLarge: PayloadTooLarge,
+    registry.UnknownCursor: InvalidRequest,
 }
 
 

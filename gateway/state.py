@@ -10,8 +10,9 @@ from gateway.failover import Failover
 from gateway.health import HealthChecker
 from gateway.metrics import Metrics
 from gateway.router import Router
+from gateway.runs import Runner
 from gateway.settings import Settings
-from registry import ApiKeyStore, Follower, RegistryStore
+from registry import ApiKeyStore, AssistantStore, Follower, RegistryStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
@@ -24,10 +25,13 @@ HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
+ASSISTANTS = web.AppKey("assistants", AssistantStore)
+RUNS = web.AppKey("runs", Runner)
 
 __all__ = [
     "ALLOWLIST",
     "API_KEYS",
+    "ASSISTANTS",
     "CATALOGUE",
     "FAILOVER",
     "FOLLOWER",
@@ -35,6 +39,7 @@ __all__ = [
     "METRICS",
     "REDIS",
     "ROUTER",
+    "RUNS",
     "SESSION",
     "SETTINGS",
     "STORE",

@@ -1,13 +1,29 @@
 """The worker registry: records, validation, the Redis store and its change events."""
 
 from registry.apikeys import Admission, ApiKey, ApiKeyStore, NewApiKey, hash_key
+from registry.assistant_models import (
+    ACTIVE,
+    AssistantRecord,
+    LastError,
+    MessageRecord,
+    RunRecord,
+    RunUsage,
+    ThreadRecord,
+    new_id,
+)
+from registry.assistants import AssistantLimits, AssistantStore, valid_id
 from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import (
     DuplicateWorker,
+    MessageTooLarge,
+    NotStored,
     RegistryError,
+    StorageFull,
     StoreUnavailable,
+    ThreadBusy,
     UnknownApiKey,
+    UnknownCursor,
     UnknownWorker,
 )
 from registry.lease import Lease
@@ -16,23 +32,37 @@ from registry.store import REDIS_ERRORS, RegistryStore
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
+    "ACTIVE",
     "REDIS_ERRORS",
     "Admission",
     "ApiKey",
     "ApiKeyStore",
+    "AssistantLimits",
+    "AssistantRecord",
+    "AssistantStore",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "Follower",
     "Health",
+    "LastError",
     "Lease",
+    "MessageRecord",
+    "MessageTooLarge",
     "NewApiKey",
+    "NotStored",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "RunRecord",
+    "RunUsage",
+    "StorageFull",
     "StoreUnavailable",
+    "ThreadBusy",
+    "ThreadRecord",
     "UnknownApiKey",
+    "UnknownCursor",
     "UnknownWorker",
     "ViewSink",
     "WorkerKey",
@@ -41,5 +71,7 @@ __all__ = [
     "check_url",
     "connect",
     "hash_key",
+    "new_id",
     "pause",
+    "valid_id",
 ]
