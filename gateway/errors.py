@@ -181,6 +181,7 @@ _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.StoreUnavailable: StoreUnavailable,
     registry.NotStored: NotFound,
     registry.ThreadBusy: Conflict,
+    registry.RunChanged: Conflict,
     registry.StorageFull: Conflict,
     registry.MessageTooLarge: PayloadTooLarge,
     registry.UnknownCursor: InvalidRequest,

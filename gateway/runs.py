@@ -5,7 +5,9 @@ become a `Conversation`, sent as a `Call` through the failover loop (gateway/fai
 the model's pool, so balancing, failover, worker limits and timeouts apply; it is never passed
 through, whatever the worker speaks. The answer is appended to the thread as the assistant's
 message, and the run ends completed, incomplete (the answer was cut at
-`max_completion_tokens`) or failed with `last_error`.
+`max_completion_tokens`) or failed with `last_error`; an answer that calls the run's function
+tools leaves it `requires_action` until the client gives their outputs, and then it goes on.
+The shapes on both sides are gateway/run_shapes.py.
 
 A run created without `stream` runs as a task in this process and its create call answers at
 once with the run queued, as OpenAI's does: the client polls `GET .../runs/{id}`, which any
@@ -18,42 +20,43 @@ run runs inside its request: the stream is its answer; a client that leaves canc
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-import orjson
 from aiohttp import web
 
 from gateway.calls import Call
 from gateway.errors import GatewayError
 from gateway.failover import Failover
 from gateway.pool import Pool
+from gateway.run_shapes import (
+    DONE,
+    answer_message,
+    conversation,
+    cut,
+    delta,
+    event,
+    failed,
+    now,
+    outcome,
+)
 from gateway.stream import StreamBroken
 from registry import (
+    WAITING,
     AssistantStore,
-    LastError,
     MessageRecord,
     MessageTooLarge,
     NotStored,
     RegistryError,
     RunRecord,
-    RunUsage,
     StorageFull,
+    new_id,
 )
 from templates.conversation import (
-    Conversation,
-    Finish,
-    Image,
-    Message,
-    Params,
-    Part,
+    Event,
     Reply,
-    Text,
     TextDelta,
-    Tool,
-    Usage,
-    UsageReport,
+    reply_of,
 )
 
 log = logging.getLogger(__name__)
@@ -62,134 +65,6 @@ log = logging.getLogger(__name__)
 _DEADLINE_MARGIN_S = 30.0
 # Told to polling clients (the SDK's create_and_poll reads it), instead of its 1 s default.
 POLL_AFTER_MS = 250
-
-
-def now() -> int:
-    return int(time.time())
-
-
-def conversation(run: RunRecord, messages: list[MessageRecord], *, stream: bool) -> Conversation:
-    """The conversation a run sends: its instructions, then the thread's messages."""
-    turns: list[Message] = []
-    if run.instructions:
-        turns.append(Message("system", run.instructions))
-    strategy = run.truncation_strategy
-    last = strategy.get("last_messages")
-    if strategy.get("type") == "last_messages" and isinstance(last, int) and last > 0:
-        messages = messages[-last:]
-    for message in messages:
-        parts: list[Part] = []
-        for part in message.content:
-            if part.get("type") == "text":
-                parts.append(Text(str(part["text"]["value"])))
-            elif part.get("type") == "image_url":
-                parts.append(Image(str(part["image_url"]["url"])))
-        only_text = all(isinstance(p, Text) for p in parts)
-        content = message.text if only_text else tuple(parts)
-        turns.append(Message(message.role, content))
-    fmt = run.response_format
-    params = Params(
-        temperature=run.temperature,
-        top_p=run.top_p,
-        max_tokens=run.max_completion_tokens,
-        response_format=fmt if isinstance(fmt, dict) and fmt.get("type") != "text" else None,
-    )
-    tools = tuple(
-        Tool(f["name"], f.get("description"), f.get("parameters"))
-        for f in (t["function"] for t in run.tools if t.get("type") == "function")
-    )
-    choice = run.tool_choice
-    if isinstance(choice, dict):
-        choice = (choice.get("function") or {}).get("name")
-    return Conversation(
-        tuple(turns),
-        params,
-        tools,
-        choice if isinstance(choice, str) and tools else None,
-        include_usage=stream,
-    )
-
-
-def answer_message(run: RunRecord, message_id: str) -> MessageRecord:
-    """The assistant's message a run writes, before any of its text has come."""
-    return MessageRecord(
-        id=message_id,
-        created_at=now(),
-        thread_id=run.thread_id,
-        role="assistant",
-        content=[],
-        status="in_progress",
-        assistant_id=run.assistant_id,
-        run_id=run.id,
-    )
-
-
-def ended(run: RunRecord, message: MessageRecord, reply: Reply) -> tuple[RunRecord, MessageRecord]:
-    """The run and its message once the whole answer is in."""
-    at = now()
-    content = [{"type": "text", "text": {"value": reply.text, "annotations": []}}]
-    usage = _usage(reply.usage)
-    if reply.finish == "length":
-        return (
-            run.model_copy(
-                update={
-                    "status": "incomplete",
-                    "incomplete_details": {"reason": "max_completion_tokens"},
-                    "usage": usage,
-                }
-            ),
-            message.model_copy(
-                update={
-                    "content": content,
-                    "status": "incomplete",
-                    "incomplete_at": at,
-                    "incomplete_details": {"reason": "max_tokens"},
-                }
-            ),
-        )
-    return (
-        run.model_copy(update={"status": "completed", "completed_at": at, "usage": usage}),
-        message.model_copy(update={"content": content, "status": "completed", "completed_at": at}),
-    )
-
-
-def failed(run: RunRecord, error: Exception) -> RunRecord:
-    """The run ended by `error` (the gateway's, the worker's, or a stored limit's)."""
-    status = error.status if isinstance(error, GatewayError) else 500
-    code: Literal["server_error", "rate_limit_exceeded", "invalid_prompt"]
-    if status == 429:
-        code = "rate_limit_exceeded"
-    elif 400 <= status < 500 or isinstance(error, RegistryError):
-        code = "invalid_prompt"
-    else:
-        code = "server_error"
-    return run.model_copy(
-        update={
-            "status": "failed",
-            "failed_at": now(),
-            "last_error": LastError(code=code, message=str(error)),
-        }
-    )
-
-
-def _usage(usage: Usage | None) -> RunUsage | None:
-    if usage is None:
-        return None
-    return RunUsage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
-
-
-def event(name: str, data: Any) -> bytes:
-    """One server-sent event of an Assistants stream."""
-    if hasattr(data, "model_dump"):
-        data = data.model_dump(mode="json")
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-DONE = b"event: done\ndata: [DONE]\n\n"
 
 
 class Runner:
@@ -206,12 +81,10 @@ class Runner:
         created = now()
         return RunRecord(created_at=created, expires_at=created + int(self.deadline_s), **fields)
 
-    def start(
-        self, owner: str, run: RunRecord, pool: Pool, message_id: str, request_id: str
-    ) -> None:
-        """Run `run` (already stored, queued) as a task of this process."""
+    def start(self, owner: str, run: RunRecord, pool: Pool, request_id: str) -> None:
+        """Run `run` (stored, queued) as a task of this process."""
         task = asyncio.create_task(
-            self._run(owner, run, pool, message_id, request_id), name=f"assistants-{run.id}"
+            self._run(owner, run, pool, request_id), name=f"assistants-{run.id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,21 +96,14 @@ class Runner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(
-        self, owner: str, run: RunRecord, pool: Pool, message_id: str, request_id: str
-    ) -> None:
-        store = self._store
+    async def _run(self, owner: str, run: RunRecord, pool: Pool, request_id: str) -> None:
         try:
             try:
                 run = await self.begin(owner, run)
-                messages, _ = await store.messages(owner, run.thread_id)
-                call = self.call(run, messages, stream=False, request_id=request_id)
+                call = await self._call(owner, run, stream=False, request_id=request_id)
                 async with asyncio.timeout(self.deadline_s):
                     answer = await self._failover.complete(pool, call)
-                done, message = ended(
-                    run, answer_message(run, message_id), answer.reply or Reply("")
-                )
-                await self.end(owner, done, message)
+                await self.end(owner, *self._outcome(run, answer.reply or Reply("")))
             except asyncio.CancelledError:
                 stopped = GatewayError(
                     "the gateway process stopped while the run was in progress; create a new run"
@@ -253,39 +119,39 @@ class Runner:
         except RegistryError as exc:
             log.warning("run %s could not be stored: %s", run.id, exc)
 
-    def call(
-        self, run: RunRecord, messages: list[MessageRecord], *, stream: bool, request_id: str
-    ) -> Call:
+    async def _call(self, owner: str, run: RunRecord, *, stream: bool, request_id: str) -> Call:
         """The run as a call of the request path (never passed through to a worker)."""
+        messages, _ = await self._store.messages(owner, run.thread_id)
         conv = conversation(run, messages, stream=stream)
         return Call("seed", "chat", None, stream=stream, decode=lambda: conv, request_id=request_id)
 
+    def _outcome(
+        self, run: RunRecord, reply: Reply, message: MessageRecord | None = None
+    ) -> tuple[RunRecord, MessageRecord | None]:
+        message = message or answer_message(run, new_id("msg"))
+        return outcome(run, message, reply, deadline_s=self.deadline_s)
+
     async def begin(self, owner: str, run: RunRecord) -> RunRecord:
-        """Store the run as in progress."""
+        """Store the queued run as in progress."""
         run = run.model_copy(update={"status": "in_progress", "started_at": now()})
-        await self._store.update_run(owner, run, done=False)
+        await self._store.update_run(owner, run, thread="keep", expect="queued")
         return run
 
     async def end(
         self, owner: str, run: RunRecord, message: MessageRecord | None = None
     ) -> RunRecord:
-        """Store how the run ended (with its answer); an answer the thread has no room for
-        fails the run instead. Return the run as stored."""
+        """Store how the run's turn ended (with the message it adds); a message the thread
+        has no room for fails the run instead. Return the run as stored."""
+        keep: float | Literal["end"] = self.deadline_s if run.status in WAITING else "end"
         try:
-            await self._store.update_run(owner, run, done=True, answer=message)
+            await self._store.update_run(owner, run, thread=keep, answer=message)
         except (MessageTooLarge, StorageFull) as exc:
             run = failed(run, exc)
-            await self._store.update_run(owner, run, done=True)
+            await self._store.update_run(owner, run, thread="end")
         return run
 
     async def stream(
-        self,
-        request: web.Request,
-        owner: str,
-        run: RunRecord,
-        pool: Pool,
-        message_id: str,
-        request_id: str,
+        self, request: web.Request, owner: str, run: RunRecord, pool: Pool, request_id: str
     ) -> web.StreamResponse:
         """Run `run` inside this request, answering with the Assistants event stream.
 
@@ -295,13 +161,12 @@ class Runner:
         queued = run
         run = await self.begin(owner, run)
         try:
-            messages, _ = await self._store.messages(owner, run.thread_id)
-            call = self.call(run, messages, stream=True, request_id=request_id)
+            call = await self._call(owner, run, stream=True, request_id=request_id)
             stream = await self._failover.open_stream(pool, call)
         except GatewayError as exc:
             await self.end(owner, failed(run, exc))
             raise
-        message = answer_message(run, message_id)
+        message = answer_message(run, new_id("msg"))
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -309,48 +174,50 @@ class Runner:
                 "X-Accel-Buffering": "no",
             }
         )
+        pieces: list[Event] = []
         text: list[str] = []
-        stored = False  # how the run ended is in Redis
+        stored = False  # how the run's turn ended is in Redis
         try:
             await response.prepare(request)
             await response.write(
                 event("thread.run.created", queued)
                 + event("thread.run.queued", queued)
                 + event("thread.run.in_progress", run)
-                + event("thread.message.created", message)
-                + event("thread.message.in_progress", message)
             )
-            finish, usage, broken = None, None, None
+            broken = None
             try:
                 async for piece in stream.pieces():
+                    if isinstance(piece, bytes):
+                        continue  # never passed through: a run's call has no client body
+                    pieces.append(piece)
                     if isinstance(piece, TextDelta) and piece.text:
+                        if not text:  # the message begins with its first text
+                            await response.write(
+                                event("thread.message.created", message)
+                                + event("thread.message.in_progress", message)
+                            )
                         text.append(piece.text)
-                        await response.write(event("thread.message.delta", _delta(message, piece)))
-                    elif isinstance(piece, Finish):
-                        finish = piece.reason
-                    elif isinstance(piece, UsageReport):
-                        usage = piece.usage
+                        await response.write(event("thread.message.delta", delta(message, piece)))
             except StreamBroken as exc:
                 broken = GatewayError(f"the worker's answer broke off: {exc}")
+            said: MessageRecord | None
             if broken is not None:
-                message = _cut(message.model_copy(update={"content": _text("".join(text))}))
-                run = await self.end(owner, failed(run, broken), message)
+                said = cut(message, "".join(text)) if text else None
+                run = await self.end(owner, failed(run, broken), said)
             else:
-                run, message = ended(run, message, Reply("".join(text), (), finish, usage))
-                run = await self.end(owner, run, message)
+                run, said = self._outcome(run, reply_of(pieces), message)
+                run = await self.end(owner, run, said)
             stored = True
-            await response.write(
-                event(f"thread.message.{message.status}", message)
-                + event(f"thread.run.{run.status}", run)
-                + DONE
+            tail = (
+                event(f"thread.message.{said.status}", said) if said is not None and text else b""
             )
+            await response.write(tail + event(f"thread.run.{run.status}", run) + DONE)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
             if not stored:  # the client went away: the run is cancelled, its text so far kept
                 cancelled = run.model_copy(update={"status": "cancelled", "cancelled_at": now()})
-                partial = message.model_copy(update={"content": _text("".join(text))})
-                write = self.end(owner, cancelled, _cut(partial, "run_cancelled"))
-                await asyncio.shield(_quietly(write))
+                partial = cut(message, "".join(text), "run_cancelled") if text else None
+                await asyncio.shield(_quietly(self.end(owner, cancelled, partial)))
             raise
         finally:
             await stream.aclose()
@@ -362,22 +229,3 @@ async def _quietly(write: Awaitable[Any]) -> None:
         await write
     except RegistryError as exc:
         log.warning("a cancelled run could not be stored: %s", exc)
-
-
-def _text(value: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": {"value": value, "annotations": []}}]
-
-
-def _cut(message: MessageRecord, reason: str = "run_failed") -> MessageRecord:
-    return message.model_copy(
-        update={
-            "status": "incomplete",
-            "incomplete_at": now(),
-            "incomplete_details": {"reason": reason},
-        }
-    )
-
-
-def _delta(message: MessageRecord, piece: TextDelta) -> dict[str, Any]:
-    part = {"index": 0, "type": "text", "text": {"value": piece.text, "annotations": []}}
-    return {"id": message.id, "object": "thread.message.delta", "delta": {"content": [part]}}

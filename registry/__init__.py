@@ -3,6 +3,7 @@
 from registry.apikeys import Admission, ApiKey, ApiKeyStore, NewApiKey, hash_key
 from registry.assistant_models import (
     ACTIVE,
+    WAITING,
     AssistantRecord,
     LastError,
     MessageRecord,
@@ -19,6 +20,7 @@ from registry.errors import (
     MessageTooLarge,
     NotStored,
     RegistryError,
+    RunChanged,
     StorageFull,
     StoreUnavailable,
     ThreadBusy,
@@ -34,6 +36,7 @@ from registry.watch import Follower, ViewSink, pause
 __all__ = [
     "ACTIVE",
     "REDIS_ERRORS",
+    "WAITING",
     "Admission",
     "ApiKey",
     "ApiKeyStore",
@@ -55,6 +58,7 @@ __all__ = [
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "RunChanged",
     "RunRecord",
     "RunUsage",
     "StorageFull",

@@ -22,6 +22,8 @@ RunStatus = Literal[
     "expired",
 ]
 ACTIVE: frozenset[str] = frozenset({"queued", "in_progress", "cancelling"})
+# A run in these keeps its thread (no messages, no other run) until it ends or expires.
+WAITING: frozenset[str] = ACTIVE | {"requires_action"}
 
 
 def new_id(kind: str) -> str:
@@ -119,10 +121,18 @@ class RunRecord(_Record):
     incomplete_details: dict[str, Any] | None = None
     required_action: dict[str, Any] | None = None
     usage: RunUsage | None = None
+    # The function calls of this run and the outputs given for them, in the order they came:
+    # [{"calls": [{"id", "type", "function"}], "outputs": [{"tool_call_id", "output"}]}].
+    # Kept to continue the run; not part of the answer (OpenAI tells them as run steps).
+    tool_rounds: list[dict[str, Any]] = []
+
+    def public(self) -> dict[str, Any]:
+        """The run as clients get it."""
+        return self.model_dump(mode="json", exclude={"tool_rounds"})
 
     def seen_at(self, now: int) -> "RunRecord":
         """The run as a reader sees it at `now`: past its deadline and still active, a run
         whose process went away is expired."""
-        if self.status in ACTIVE and self.expires_at is not None and now > self.expires_at:
+        if self.status in WAITING and self.expires_at is not None and now > self.expires_at:
             return self.model_copy(update={"status": "expired"})
         return self

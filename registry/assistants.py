@@ -21,8 +21,16 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from registry import assistant_scripts as scripts
 from registry.assistant_models import AssistantRecord, MessageRecord, RunRecord, ThreadRecord
-from registry.errors import MessageTooLarge, NotStored, StorageFull, ThreadBusy, UnknownCursor
+from registry.errors import (
+    MessageTooLarge,
+    NotStored,
+    RunChanged,
+    StorageFull,
+    ThreadBusy,
+    UnknownCursor,
+)
 from registry.keys import Keys
 from registry.store import guard
 
@@ -30,164 +38,6 @@ R = TypeVar("R", bound=BaseModel)
 Order = Literal["asc", "desc"]
 
 _ID = re.compile(r"^[a-z]{2,8}_[0-9a-f]{24}$")
-
-_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
-
-# KEYS: assistants, order. ARGV: id, JSON, max per owner, ttl ms.
-_PUT_ASSISTANT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
-  redis.call('ZADD', KEYS[2], redis.call('HINCRBY', KEYS[1], 'seq', 1), ARGV[1])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
-
-# KEYS: assistants, order. ARGV: id, JSON, ttl ms. Only an assistant that exists.
-_UPDATE_ASSISTANT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-
-# KEYS: assistants, order. ARGV: id.
-_DELETE_ASSISTANT = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: order, records hash. ARGV: field prefix, order (asc/desc), limit, after id ('': none),
-# run id to match ('': any), whether the hash must exist ('1': else -2).
-# Answers the records (up to limit + 1, which says there are more), -1 for an unknown cursor.
-_PAGE = """
-if ARGV[6] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
-local asc, limit = ARGV[2] == 'asc', tonumber(ARGV[3])
-local lo, hi = '-inf', '+inf'
-if ARGV[4] ~= '' then
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[4])
-  if not s then return -1 end
-  if asc then lo = '(' .. s else hi = '(' .. s end
-end
-local ids
-local take = limit + 1
-if ARGV[5] ~= '' then take = -1 end
-if asc then
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], lo, hi, 'LIMIT', 0, take)
-else
-  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo, 'LIMIT', 0, take)
-end
-local out = {}
-for _, id in ipairs(ids) do
-  local doc = redis.call('HGET', KEYS[2], ARGV[1] .. id)
-  if doc and (ARGV[5] == '' or cjson.decode(doc)['run_id'] == ARGV[5]) then
-    table.insert(out, doc)
-    if #out > limit then break end
-  end
-end
-return out
-"""
-
-# Appending messages, shared by the scripts below. KEYS[1] thread hash, KEYS[2] its message
-# order; `first` is the ARGV index of the first (id, JSON) pair. Answers 0 or an error code:
-# -3 too many messages (counting `extra` more to come), -4 too many bytes.
-_APPEND = """
-local function append(first, extra, max_messages, max_bytes)
-  local n = (#ARGV - first + 1) / 2
-  if redis.call('ZCARD', KEYS[2]) + n + extra > max_messages then return -3 end
-  local size = 0
-  for i = first + 1, #ARGV, 2 do size = size + #ARGV[i] end
-  if (tonumber(redis.call('HGET', KEYS[1], 'bytes')) or 0) + size > max_bytes then return -4 end
-  for i = first, #ARGV, 2 do
-    redis.call('HSET', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1])
-    redis.call('ZADD', KEYS[2], redis.call('HINCRBY', KEYS[1], 'seq', 1), ARGV[i])
-  end
-  redis.call('HINCRBY', KEYS[1], 'bytes', size)
-  return 0
-end
-local function busy(now)
-  local active = redis.call('HGET', KEYS[1], 'active')
-  return active and (tonumber(redis.call('HGET', KEYS[1], 'active_until')) or 0) > now
-end
-local function touch(ttl)
-  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ttl) end
-end
-"""
-
-# KEYS: thread, messages, runs. ARGV: thread JSON, ttl ms, max messages, max bytes, then
-# (id, JSON) per message.
-_CREATE_THREAD = (
-    _APPEND
-    + """
-if redis.call('HSETNX', KEYS[1], 'thread', ARGV[1]) == 0 then return -5 end
-local code = append(5, 0, tonumber(ARGV[3]), tonumber(ARGV[4]))
-if code ~= 0 then redis.call('DEL', KEYS[1], KEYS[2]) return code end
-touch(ARGV[2])
-return 0
-"""
-)
-
-# KEYS: thread, messages, runs. ARGV: ttl ms, max messages, max bytes, then (id, JSON) pairs.
-# Answers 0, -1 no thread, -2 a run is in progress, or append's code.
-_ADD_MESSAGES = (
-    _APPEND
-    + _NOW_MS
-    + """
-if redis.call('HEXISTS', KEYS[1], 'thread') == 0 then return -1 end
-if busy(now) then return -2 end
-local code = append(4, 0, tonumber(ARGV[2]), tonumber(ARGV[3]))
-if code ~= 0 then return code end
-touch(ARGV[1])
-return 0
-"""
-)
-
-# KEYS: thread, messages, runs, assistants, assistant order. ARGV: ttl ms, max messages, max
-# bytes, run id, run JSON, run deadline (ms from now), max runs kept, then (id, JSON) per
-# message added with the run. Room is kept for the answer. Answers as _ADD_MESSAGES.
-_START_RUN = (
-    _APPEND
-    + _NOW_MS
-    + """
-if redis.call('HEXISTS', KEYS[1], 'thread') == 0 then return -1 end
-if busy(now) then return -2 end
-local code = append(8, 1, tonumber(ARGV[2]), tonumber(ARGV[3]))
-if code ~= 0 then return code end
-redis.call('HSET', KEYS[1], 'active', ARGV[4], 'active_until', now + tonumber(ARGV[6]),
-  'r:' .. ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'rseq', 1), ARGV[4])
-while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[7]) do
-  local oldest = redis.call('ZPOPMIN', KEYS[3])
-  redis.call('HDEL', KEYS[1], 'r:' .. oldest[1])
-end
-touch(ARGV[1])
-return 0
-"""
-)
-
-# KEYS: thread, messages, runs. ARGV: ttl ms, max messages, max bytes, run id, run JSON,
-# '1' to end the run (the thread is free again), then the (id, JSON) of its answer, if any.
-# Answers 0, -1 no such run (the thread was deleted), or append's code.
-_UPDATE_RUN = (
-    _APPEND
-    + """
-if redis.call('HEXISTS', KEYS[1], 'r:' .. ARGV[4]) == 0 then return -1 end
-if #ARGV > 6 then
-  local code = append(7, 0, tonumber(ARGV[2]), tonumber(ARGV[3]))
-  if code ~= 0 then return code end
-end
-redis.call('HSET', KEYS[1], 'r:' .. ARGV[4], ARGV[5])
-if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'active') == ARGV[4] then
-  redis.call('HDEL', KEYS[1], 'active', 'active_until')
-end
-touch(ARGV[1])
-return 0
-"""
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +72,14 @@ class AssistantStore:
         self.keys = Keys(prefix)
         self.limits = limits
         self._ttl_ms = max(1, int(limits.ttl_s * 1000))
-        self._put_assistant = redis.register_script(_PUT_ASSISTANT)
-        self._update_assistant = redis.register_script(_UPDATE_ASSISTANT)
-        self._delete_assistant = redis.register_script(_DELETE_ASSISTANT)
-        self._page = redis.register_script(_PAGE)
-        self._create_thread = redis.register_script(_CREATE_THREAD)
-        self._add_messages = redis.register_script(_ADD_MESSAGES)
-        self._start_run = redis.register_script(_START_RUN)
-        self._update_run = redis.register_script(_UPDATE_RUN)
+        self._put_assistant = redis.register_script(scripts.PUT_ASSISTANT)
+        self._update_assistant = redis.register_script(scripts.UPDATE_ASSISTANT)
+        self._delete_assistant = redis.register_script(scripts.DELETE_ASSISTANT)
+        self._page = redis.register_script(scripts.PAGE)
+        self._create_thread = redis.register_script(scripts.CREATE_THREAD)
+        self._add_messages = redis.register_script(scripts.ADD_MESSAGES)
+        self._start_run = redis.register_script(scripts.START_RUN)
+        self._update_run = redis.register_script(scripts.UPDATE_RUN)
 
     # Assistants
 
@@ -398,23 +248,39 @@ class AssistantStore:
         self._check(await guard(lambda: self._start_run(keys=keys, args=args)), run.thread_id)
 
     async def update_run(
-        self, owner: str, run: RunRecord, *, done: bool, answer: MessageRecord | None = None
+        self,
+        owner: str,
+        run: RunRecord,
+        *,
+        thread: float | Literal["end", "keep"],
+        expect: str = "",
+        answer: MessageRecord | None = None,
     ) -> None:
-        """Store a run's new state (and its answer, when it is done); the thread takes messages
-        and runs again once `done`. Raise NotStored when the thread is gone."""
+        """Store a run's new state, with a message it adds. `thread` says what becomes of its
+        thread: free again ("end"), still the run's ("keep"), or the run's for that many more
+        seconds. With `expect`, the run must have that status now, else RunChanged. Raise
+        NotStored when the thread is gone."""
         limits = self.limits
+        mode = thread if isinstance(thread, str) else str(max(1, int(thread * 1000)))
         args: list[str | int] = [
             self._ttl_ms,
             limits.max_messages,
             limits.max_thread_bytes,
             run.id,
             run.model_dump_json(),
-            "1" if done else "0",
+            mode,
+            expect,
         ]
         if answer is not None:
             args += self._pairs([answer])
         keys = self._thread_keys(owner, run.thread_id)
-        self._check(await guard(lambda: self._update_run(keys=keys, args=args)), run.thread_id)
+        code = await guard(lambda: self._update_run(keys=keys, args=args))
+        if code == -6:
+            raise RunChanged(
+                f"run {run.id!r} is no longer {expect}: another request changed it first; "
+                "GET it for its status"
+            )
+        self._check(code, run.thread_id)
 
     async def run(self, owner: str, thread_id: str, run_id: str) -> RunRecord:
         """Return one run of the thread; raise NotStored when there is none."""

@@ -39,3 +39,7 @@ class UnknownCursor(RegistryError):
 
 class MessageTooLarge(RegistryError):
     """A message is larger than a stored conversation takes."""
+
+
+class RunChanged(RegistryError):
+    """A run was not in the state a change expected (another request changed it first)."""

@@ -15,9 +15,16 @@ from gateway.endpoints import Routes
 from gateway.errors import InvalidRequest, NotFound, invalid
 from gateway.observe import TRACE
 from gateway.routes._common import json_response, parse
-from gateway.runs import now
+from gateway.run_shapes import now
 from gateway.state import ASSISTANTS
-from registry import AssistantRecord, AssistantStore, MessageRecord, ThreadRecord, new_id
+from registry import (
+    AssistantRecord,
+    AssistantStore,
+    MessageRecord,
+    RunRecord,
+    ThreadRecord,
+    new_id,
+)
 
 routes = Routes("openai")
 
@@ -169,7 +176,10 @@ def message_record(thread_id: str, given: NewMessage, where: str) -> MessageReco
 
 
 def page(items: list[BaseModel], has_more: bool) -> web.Response:
-    data = [item.model_dump(mode="json") for item in items]
+    data = [
+        item.public() if isinstance(item, RunRecord) else item.model_dump(mode="json")
+        for item in items
+    ]
     return json_response(
         {
             "object": "list",

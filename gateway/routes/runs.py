@@ -11,7 +11,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from gateway.endpoints import Routes
+from gateway.errors import InvalidRequest
 from gateway.observe import REQUEST_ID
+from gateway.pool import Pool
 from gateway.routes._common import find_pool, json_response, parse
 from gateway.routes.assistants import (
     Metadata,
@@ -27,7 +29,8 @@ from gateway.routes.assistants import (
     paging,
     store,
 )
-from gateway.runs import POLL_AFTER_MS, now
+from gateway.run_shapes import now
+from gateway.runs import POLL_AFTER_MS
 from gateway.state import RUNS
 from registry import ACTIVE, RunRecord, new_id
 
@@ -99,11 +102,66 @@ async def create_run(request: web.Request) -> web.StreamResponse:
         for i, m in enumerate(body.additional_messages or ())
     ]
     await states.start_run(who, run, added, deadline_s=runner.deadline_s)
-    message_id = new_id("msg")
-    if body.stream:
-        return await runner.stream(request, who, run, pool, message_id, request[REQUEST_ID])
-    runner.start(who, run, pool, message_id, request[REQUEST_ID])
-    return json_response(run.model_dump(mode="json"))
+    return await _go(request, who, run, pool, stream=body.stream)
+
+
+async def _go(
+    request: web.Request, who: str, run: RunRecord, pool: Pool, *, stream: bool
+) -> web.StreamResponse:
+    """Run the queued `run`: streamed in this request, or as a task (answered at once)."""
+    runner = request.app[RUNS]
+    if stream:
+        return await runner.stream(request, who, run, pool, request[REQUEST_ID])
+    runner.start(who, run, pool, request[REQUEST_ID])
+    return json_response(run.public())
+
+
+class ToolOutput(StrictBody):
+    tool_call_id: Annotated[str, Field(min_length=1)]
+    output: str
+
+
+class ToolOutputs(StrictBody):
+    tool_outputs: Annotated[list[ToolOutput], Field(min_length=1, max_length=128)]
+    stream: bool = False
+
+
+@routes.post(
+    "/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs",
+    access="inference",
+    body=ToolOutputs,
+    answer=RunRecord,
+    streams=True,
+)
+async def submit_tool_outputs(request: web.Request) -> web.StreamResponse:
+    """Give a run waiting on its function calls their outputs; the run goes on."""
+    body = await parse(request, ToolOutputs, "tool outputs")
+    info = request.match_info
+    states, who, runner = store(request), owner(request), request.app[RUNS]
+    run = (await states.run(who, info["thread_id"], info["run_id"])).seen_at(now())
+    if run.status != "requires_action" or not run.tool_rounds:
+        raise InvalidRequest(
+            f"run {run.id!r} is {run.status}, not waiting for tool outputs (requires_action)"
+        )
+    waiting = [call["id"] for call in run.tool_rounds[-1]["calls"]]
+    given = [out.tool_call_id for out in body.tool_outputs]
+    if sorted(given) != sorted(waiting):
+        raise InvalidRequest(
+            f"give one output for each of the run's tool calls, {waiting}, all at once "
+            f"(given: {given})"
+        )
+    pool = find_pool(request, run.model)
+    last = {**run.tool_rounds[-1], "outputs": [out.model_dump() for out in body.tool_outputs]}
+    run = run.model_copy(
+        update={
+            "status": "queued",
+            "required_action": None,
+            "tool_rounds": [*run.tool_rounds[:-1], last],
+            "expires_at": now() + int(runner.deadline_s),
+        }
+    )
+    await states.update_run(who, run, thread=runner.deadline_s, expect="requires_action")
+    return await _go(request, who, run, pool, stream=body.stream)
 
 
 @routes.get("/v1/threads/{thread_id}/runs", access="inference")
@@ -127,7 +185,7 @@ async def get_run(request: web.Request) -> web.Response:
     info = request.match_info
     run = await store(request).run(owner(request), info["thread_id"], info["run_id"])
     run = run.seen_at(now())
-    response = json_response(run.model_dump(mode="json"))
+    response = json_response(run.public())
     if run.status in ACTIVE:
         response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS)
     return response

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from openai import AsyncAssistantEventHandler
 from openai.types.beta.threads import Message, Text, TextDelta
@@ -14,7 +15,7 @@ from tests.conftest import Gateway, GatewayFactory, WorkerFactory
 from tests.gateway.test_auth import ADMIN_HEADERS, closed_gateway, create_key
 from tests.gateway.test_fidelity import registration
 from tests.gateway.test_seed_api import seed_registration
-from tests.model_server import ModelServer, answer_words
+from tests.model_server import TOOL_ARGUMENTS, ModelServer, answer_words
 
 # The SDK marks every Assistants method deprecated (in favour of Responses); it still works.
 pytestmark = pytest.mark.filterwarnings(
@@ -452,3 +453,108 @@ async def test_unknown_things_are_404_and_bad_queries_400(
         assert reply.status_code == 400 and "colour" in reply.json()["error"]["message"]
         reply = await http.post(f"/v1/threads/{thread.id}/messages", content=b"{")
         assert reply.status_code == 400
+
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ("openai", "ollama"))
+async def test_function_calls_go_to_the_client_and_their_outputs_back(
+    client: openai.AsyncOpenAI, fleet: dict[str, ModelServer], kind: str
+) -> None:
+    runs = client.beta.threads.runs
+    assistant = await client.beta.assistants.create(model=kind, tools=[WEATHER])
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
+    run = await runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert run.status == "requires_action" and run.required_action is not None
+    calls = run.required_action.submit_tool_outputs.tool_calls
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert orjson.loads(calls[0].function.arguments) == TOOL_ARGUMENTS
+    assert fleet[kind].last["tools"][0]["function"]["name"] == "get_weather"
+    # The thread waits for the outputs; outputs for other calls are refused.
+    with pytest.raises(openai.ConflictError):
+        await client.beta.threads.messages.create(thread.id, role="user", content="hurry")
+    with pytest.raises(openai.BadRequestError) as wrong:
+        await runs.submit_tool_outputs(
+            run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "call_x", "output": "?"}]
+        )
+    assert calls[0].id in wrong.value.message
+
+    done = await runs.submit_tool_outputs_and_poll(
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": calls[0].id, "output": "sunny"}],
+    )
+    assert done.status == "completed", done.last_error
+    answer = (await client.beta.threads.messages.list(thread.id)).data[0]
+    assert text_of(answer) == expected(kind, "tool said sunny") and answer.run_id == run.id
+    sent = fleet[kind].last["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[-1]["content"] == "sunny"
+    # Usage counts both of the run's turns: the call (one token, as the fake counts it) and the
+    # answer.
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 1 + len(answer_words(kind, "tool said sunny"))
+    with pytest.raises(openai.BadRequestError):
+        await runs.submit_tool_outputs(
+            run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": calls[0].id, "output": "x"}]
+        )
+
+
+async def test_function_calls_in_a_streamed_run(
+    client: openai.AsyncOpenAI, fleet: dict[str, ModelServer]
+) -> None:
+    runs = client.beta.threads.runs
+    assistant = await client.beta.assistants.create(model="openai", tools=[WEATHER])
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
+    first = Collect()
+    async with runs.stream(
+        thread_id=thread.id, assistant_id=assistant.id, event_handler=first
+    ) as stream:
+        await stream.until_done()
+    assert first.events[-1] == "thread.run.requires_action" and first.deltas == []
+    run = first.current_run
+    assert run is not None and run.required_action is not None
+    call = run.required_action.submit_tool_outputs.tool_calls[0]
+    assert orjson.loads(call.function.arguments) == TOOL_ARGUMENTS
+
+    second = Collect()
+    async with runs.submit_tool_outputs_stream(
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "rain"}],
+        event_handler=second,
+    ) as stream:
+        await stream.until_done()
+    assert "".join(second.deltas) == expected("openai", "tool said rain")
+    assert second.events[-1] == "thread.run.completed"
+    assert [m.role for m in (await client.beta.threads.messages.list(thread.id)).data] == [
+        "assistant",
+        "user",
+    ]
+
+
+async def test_function_tools_on_a_template_worker_fail_clearly(
+    client: openai.AsyncOpenAI, fleet: dict[str, ModelServer]
+) -> None:
+    assistant = await client.beta.assistants.create(model="template", tools=[WEATHER])
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
+    run = await client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id
+    )
+    assert run.status == "failed" and run.last_error is not None
+    assert run.last_error.code == "invalid_prompt" and "template" in run.last_error.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        async with client.beta.threads.runs.stream(
+            thread_id=thread.id, assistant_id=assistant.id
+        ) as stream:
+            await stream.until_done()
+    assert "tools" in refused.value.message
+    assert fleet["template"].received == []
