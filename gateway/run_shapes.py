@@ -11,7 +11,14 @@ import orjson
 from pydantic import BaseModel
 
 from gateway.errors import GatewayError
-from registry import LastError, MessageRecord, RegistryError, RunRecord, RunUsage
+from registry import (
+    LastError,
+    MessageRecord,
+    RegistryError,
+    RunRecord,
+    RunUsage,
+    StoreUnavailable,
+)
 from templates.conversation import (
     Conversation,
     Image,
@@ -165,7 +172,9 @@ def failed(run: RunRecord, error: Exception) -> RunRecord:
     code: Literal["server_error", "rate_limit_exceeded", "invalid_prompt"]
     if status == 429:
         code = "rate_limit_exceeded"
-    elif 400 <= status < 500 or isinstance(error, RegistryError):
+    elif 400 <= status < 500 or (
+        isinstance(error, RegistryError) and not isinstance(error, StoreUnavailable)
+    ):
         code = "invalid_prompt"
     else:
         code = "server_error"

@@ -203,10 +203,13 @@ class Runner:
             said: MessageRecord | None
             if broken is not None:
                 said = cut(message, "".join(text)) if text else None
-                run = await self.end(owner, failed(run, broken), said)
+                run = failed(run, broken)
             else:
                 run, said = self._outcome(run, reply_of(pieces), message)
+            try:
                 run = await self.end(owner, run, said)
+            except RegistryError as exc:  # the thread was deleted, or Redis went away
+                run = failed(run, exc)
             stored = True
             tail = (
                 event(f"thread.message.{said.status}", said) if said is not None and text else b""

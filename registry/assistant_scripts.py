@@ -169,3 +169,15 @@ touch(ARGV[1])
 return 0
 """
 )
+
+
+# KEYS: thread, messages, runs. ARGV: thread JSON, ttl ms. Answers 0, or -1 no thread.
+UPDATE_THREAD = (
+    _APPEND
+    + """
+if redis.call('HEXISTS', KEYS[1], 'thread') == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'thread', ARGV[1])
+touch(ARGV[2])
+return 0
+"""
+)

@@ -80,6 +80,7 @@ class AssistantStore:
         self._add_messages = redis.register_script(scripts.ADD_MESSAGES)
         self._start_run = redis.register_script(scripts.START_RUN)
         self._update_run = redis.register_script(scripts.UPDATE_RUN)
+        self._update_thread = redis.register_script(scripts.UPDATE_THREAD)
 
     # Assistants
 
@@ -157,18 +158,10 @@ class AssistantStore:
         return ThreadRecord.model_validate_json(raw)
 
     async def update_thread(self, owner: str, thread: ThreadRecord) -> None:
-        """Replace the thread's own record (its metadata)."""
+        """Replace the thread's own record (its metadata); raise NotStored when it is gone."""
         keys = self._thread_keys(owner, thread.id)
-        await self.thread(owner, thread.id)  # NotStored when it is gone
-
-        async def write() -> None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys[0], "thread", thread.model_dump_json())
-                for key in keys:
-                    pipe.pexpire(key, self._ttl_ms)
-                await pipe.execute()
-
-        await guard(write)
+        args: list[str | int] = [thread.model_dump_json(), self._ttl_ms]
+        self._check(await guard(lambda: self._update_thread(keys=keys, args=args)), thread.id)
 
     async def delete_thread(self, owner: str, thread_id: str) -> bool:
         """Delete the thread with its messages and runs; return whether there was one."""

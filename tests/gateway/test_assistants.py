@@ -2,6 +2,7 @@
 messages kept in Redis, runs polled and streamed against an OpenAI-compatible worker, Ollama
 and a seed-style template worker, ownership by API key, replicas, refusals and limits."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,11 +12,12 @@ import pytest
 from openai import AsyncAssistantEventHandler
 from openai.types.beta.threads import Message, Text, TextDelta
 
-from tests.conftest import Gateway, GatewayFactory, WorkerFactory
+from tests.conftest import Gateway, GatewayFactory, ProtocolWorkerFactory, WorkerFactory
 from tests.gateway.test_auth import ADMIN_HEADERS, closed_gateway, create_key
 from tests.gateway.test_fidelity import registration
 from tests.gateway.test_seed_api import seed_registration
 from tests.model_server import TOOL_ARGUMENTS, ModelServer, answer_words
+from tests.workers import ProtocolWorker
 
 # The SDK marks every Assistants method deprecated (in favour of Responses); it still works.
 pytestmark = pytest.mark.filterwarnings(
@@ -558,3 +560,61 @@ async def test_function_tools_on_a_template_worker_fail_clearly(
             await stream.until_done()
     assert "tools" in refused.value.message
     assert fleet["template"].received == []
+
+
+async def register_protocol_worker(gateway: Gateway, model: str, worker: ProtocolWorker) -> None:
+    async with gateway.client() as http:
+        body = {"model_name": model, "req_url_template": worker.base_url, "preset": "openai"}
+        reply = await http.post("/api/server/register", json=body)
+        assert reply.status_code == 200, reply.text
+
+
+async def test_a_worker_dying_mid_stream_fails_the_run_and_keeps_its_text(
+    gateway: Gateway, client: openai.AsyncOpenAI, make_protocol_worker: ProtocolWorkerFactory
+) -> None:
+    dying = await make_protocol_worker("openai", name="w", die_after=3)
+    await register_protocol_worker(gateway, "dying", dying)
+    assistant = await client.beta.assistants.create(model="dying")
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
+    handler = Collect()
+    async with client.beta.threads.runs.stream(
+        thread_id=thread.id, assistant_id=assistant.id, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    said = "".join(handler.deltas)
+    assert said and "w says tell me a story".startswith(said) and said != "w says tell me a story"
+    assert handler.events[-2:] == ["thread.message.incomplete", "thread.run.failed"]
+    run = handler.current_run
+    assert run is not None and run.last_error is not None
+    assert run.last_error.code == "server_error" and "broke off" in run.last_error.message
+    assert (await client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)).status == "failed"
+    kept = (await client.beta.threads.messages.list(thread.id)).data[0]
+    assert (kept.status, text_of(kept)) == ("incomplete", said)
+    assert kept.incomplete_details is not None and kept.incomplete_details.reason == "run_failed"
+
+
+async def test_a_client_leaving_a_stream_cancels_its_run(
+    gateway: Gateway, client: openai.AsyncOpenAI, make_protocol_worker: ProtocolWorkerFactory
+) -> None:
+    slow = await make_protocol_worker("openai", name="w", chunk_delay_s=0.5)
+    await register_protocol_worker(gateway, "slow", slow)
+    assistant = await client.beta.assistants.create(model="slow")
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
+    async with gateway.client() as http:
+        body = {"assistant_id": assistant.id, "stream": True}
+        async with http.stream("POST", f"/v1/threads/{thread.id}/runs", json=body) as reply:
+            assert reply.status_code == 200
+            async for line in reply.aiter_lines():
+                if line == "event: thread.message.delta":
+                    break  # leave with the answer under way
+    await asyncio.wait_for(slow.client_gone.wait(), 30)  # the worker's request is closed too
+    runs = client.beta.threads.runs
+    run = (await runs.list(thread.id)).data[0]
+    while run.status == "in_progress":  # the gateway stores the cancel as it notices
+        await asyncio.sleep(0.05)
+        run = await runs.retrieve(run.id, thread_id=thread.id)
+    assert run.status == "cancelled" and run.cancelled_at is not None
+    kept = (await client.beta.threads.messages.list(thread.id)).data[0]
+    assert kept.role == "assistant" and kept.status == "incomplete" and text_of(kept)
+    assert kept.incomplete_details is not None
+    assert kept.incomplete_details.reason == "run_cancelled"
