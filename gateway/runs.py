@@ -146,7 +146,7 @@ class Runner:
         try:
             await self._store.update_run(owner, run, thread=keep, answer=message)
         except (MessageTooLarge, StorageFull) as exc:
-            run = failed(run, exc)
+            run = failed(run, exc).model_copy(update={"tool_rounds": []})
             await self._store.update_run(owner, run, thread="end")
         return run
 

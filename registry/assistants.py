@@ -233,7 +233,7 @@ class AssistantStore:
             limits.max_messages,
             limits.max_thread_bytes,
             run.id,
-            run.model_dump_json(),
+            self._sized(run),
             max(1, int(deadline_s * 1000)),
             limits.max_messages,
         ]
@@ -260,7 +260,7 @@ class AssistantStore:
             limits.max_messages,
             limits.max_thread_bytes,
             run.id,
-            run.model_dump_json(),
+            self._sized(run),
             mode,
             expect,
         ]
@@ -346,14 +346,20 @@ class AssistantStore:
         return out
 
     def _sized(self, record: BaseModel) -> str:
-        """The record's JSON; raise MessageTooLarge past max_message_bytes."""
+        """The record's JSON; raise MessageTooLarge past its bound: max_message_bytes for a
+        message or an assistant, max_thread_bytes for a run (its instructions, calls and
+        outputs)."""
         doc = record.model_dump_json()
-        size, limit = len(doc.encode()), self.limits.max_message_bytes
-        if size > limit:
+        size = len(doc.encode())
+        if isinstance(record, RunRecord):
+            limit, what, setting = self.limits.max_thread_bytes, "a run", "thread"
+        else:
+            limit, setting = self.limits.max_message_bytes, "message"
             what = "an assistant" if isinstance(record, AssistantRecord) else "a message"
+        if size > limit:
             raise MessageTooLarge(
                 f"{what} of {size} bytes (as stored) is larger than the {limit} bytes one may "
-                "have (assistants_max_message_bytes); make it shorter"
+                f"have (assistants_max_{setting}_bytes); make it shorter"
             )
         return doc
 
