@@ -1,9 +1,12 @@
 """The rows of `python -m bench`: which servers one run starts, and what each row drives.
 
 `gateway` and `gateway-openai` are one gateway process, pinned to the server CPU, on its seed
-route and on its OpenAI route. `gateway-xN` is `serve --processes N`: N processes need every
-core, so it runs unpinned. `litellm` is the optional peer of bench/streams/peer.py, pinned to
-the server CPU like the gateway, skipped with the install command when it is missing.
+route and on its OpenAI route. `gateway-rr4` and `gateway-prefix4` are the same process on
+its seed route again, for a model of 4 workers (one upstream, 4 URLs) balanced round-robin
+and by prefix: what prefix affinity costs per request, in the same run. `gateway-xN` is
+`serve --processes N`: N processes need every core, so it runs unpinned. `litellm` is the
+optional peer of bench/streams/peer.py, pinned to the server CPU like the gateway, skipped
+with the install command when it is missing.
 With `--baseline REF`, `gateway@REF` and `gateway-openai@REF` are the same two rows served by
 REF's gateway (bench/baseline.py), on the same CPU, each measured right after its current row.
 """
@@ -17,10 +20,31 @@ from bench.procs import BenchError, Processes
 from bench.stack import Target
 from bench.streams import peer
 
-ROWS = ("direct", "bare", "gateway", "gateway-openai", "gateway-xN", "litellm")
+ROWS = (
+    "direct",
+    "bare",
+    "gateway",
+    "gateway-openai",
+    "gateway-messages",
+    "gateway-responses",
+    "gateway-rr4",
+    "gateway-prefix4",
+    "gateway-xN",
+    "litellm",
+)
 LATENCY_ROWS = frozenset({"direct", "bare", "gateway", "gateway-openai"})  # also at 1 connection
 VERSUS = ("gateway-openai", "gateway")  # one process each, held against LiteLLM's one worker
-_GATEWAY_ROWS = frozenset({"gateway", "gateway-openai", "gateway-xN"})
+_GATEWAY_ROWS = frozenset(
+    {
+        "gateway",
+        "gateway-openai",
+        "gateway-messages",
+        "gateway-responses",
+        "gateway-rr4",
+        "gateway-prefix4",
+        "gateway-xN",
+    }
+)
 BASELINE_ROWS = ("gateway", "gateway-openai")  # the rows a --baseline run measures twice
 
 
@@ -73,6 +97,15 @@ def _start_gateways(
     stack.check_gateway(gateway)
     stack.check_openai(openai)
     started = {"gateway": gateway, "gateway-openai": openai}
+    for name, target in stack.translated_rows(openai).items():
+        if name in plan.rows:
+            stack.check_translated(target)
+            started[name] = target
+    for name, balancing in (("rr4", "round_robin"), ("prefix4", "prefix")):
+        if f"gateway-{name}" in plan.rows:
+            pool = stack.register_pool(gateway, direct.url, name, balancing)
+            stack.check_gateway(pool)
+            started[pool.name] = pool
     if plan.baseline is not None:
         before = start_gateways(
             procs, plan.baseline, plan.baseline_redis_url, direct, plan.server_cpu

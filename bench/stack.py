@@ -177,6 +177,79 @@ def register_openai_worker(gateway: Target, base_url: str) -> Target:
     return Target("gateway-openai", what, url, gateway.child, OPENAI_BODY)
 
 
+MESSAGES_BODY = json.dumps(
+    {"model": OPENAI_MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]},
+    separators=(",", ":"),
+).encode()
+RESPONSES_BODY = json.dumps(
+    {"model": OPENAI_MODEL, "input": "hello", "store": False}, separators=(",", ":")
+).encode()
+
+
+def translated_rows(openai: Target) -> dict[str, Target]:
+    """The Anthropic Messages and Responses routes, both answered by the openai worker
+    (translated both ways: the row to hold against gateway-openai, its passthrough)."""
+    base = openai.url.removesuffix(upstream.OPENAI_PATH)
+    return {
+        "gateway-messages": Target(
+            "gateway-messages",
+            "llm-gateway, Anthropic /v1/messages translated to the openai worker",
+            base + "/v1/messages",
+            openai.child,
+            MESSAGES_BODY,
+        ),
+        "gateway-responses": Target(
+            "gateway-responses",
+            "llm-gateway, /v1/responses (store false) translated to the openai worker",
+            base + "/v1/responses",
+            openai.child,
+            RESPONSES_BODY,
+        ),
+    }
+
+
+def check_translated(target: Target) -> None:
+    """Fail early unless `target` answers 200 with the upstream's text in it."""
+    status, raw = http_post(target.url, target.body)
+    if status != 200 or (b"assistant" not in raw and b"output_text" not in raw):
+        raise BenchError(f"{target.name} answered {status} {raw[:300]!r}")
+
+
+def register_pool(
+    gateway: Target, upstream_url: str, name: str, balancing: str, workers: int = 4
+) -> Target:
+    """Register `workers` template workers of one model, balanced by `balancing`.
+
+    They all point at the one upstream, told apart by a query string, so the rows of two
+    strategies differ only in how the gateway picks among them. Return the seed route's row.
+    """
+    model = f"{MODEL}-{name}"
+    for index in range(workers):
+        spec = {
+            "model_name": model,
+            "req_url_template": f"{upstream_url}?w={index}",
+            "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
+            "response_extract": "data.items[].attributes.answer",
+            "owner": "bench",
+        }
+        _register(gateway, spec)
+    url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/models/{model}"
+    status, raw = _exchange(
+        urllib.request.Request(
+            url,
+            data=json.dumps({"balancing": balancing}).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        ),
+        10.0,
+    )
+    if status != 200:
+        raise BenchError(f"setting balancing of {model!r} failed: {status} {raw[:300]!r}")
+    body = json.dumps({"input": "hello", "model_name": model}, separators=(",", ":")).encode()
+    what = f"llm-gateway, seed route, {workers} workers, balancing={balancing}"
+    return Target(f"gateway-{name}", what, gateway.url, gateway.child, body)
+
+
 def _register(gateway: Target, spec: dict[str, Any]) -> None:
     url = gateway.url.removesuffix(CHAT_PATH) + "/api/server/register"
     status, raw = http_post(url, json.dumps(spec).encode())

@@ -5,7 +5,8 @@ Entries are IP addresses or CIDR networks (`10.0.0.0/8`, `fd00::/8`), host names
 of every URL it would be called at is a listed name or matches a wildcard, is an IP address
 inside a listed network, or is a name whose every resolved address is inside a listed network.
 No placeholder may decide the host, or a prompt could pick where the gateway connects. The
-worker's `health_url` is checked the same way: the gateway probes it every few seconds.
+worker's `health_url` and `metrics_url` are checked the same way: the gateway reads them every
+few seconds. (Without a `metrics_url`, load is read at the worker's own host and port.)
 
 This is checked at registration only: a name that later resolves elsewhere is not re-checked
 (list networks, not names, where that matters), and workers registered before the list was
@@ -65,9 +66,10 @@ class AllowList:
             return
         for host, port in _hosts(spec):
             await self._check_host(host, port, "worker host")
-        if spec.health_url is not None:
-            host, port = _health_host(spec.health_url)
-            await self._check_host(host, port, "health_url host")
+        for name, url in (("health_url", spec.health_url), ("metrics_url", spec.metrics_url)):
+            if url is not None:
+                host, port = _url_host(url, name)
+                await self._check_host(host, port, f"{name} host")
 
     async def _check_host(self, host: str, port: int, what: str) -> None:
         name = _normal(host)
@@ -114,13 +116,13 @@ def _hosts(spec: WorkerSpec) -> set[tuple[str, int]]:
     return found
 
 
-def _health_host(health_url: str) -> tuple[str, int]:
+def _url_host(raw: str, name: str) -> tuple[str, int]:
     try:
-        url = URL(health_url)
+        url = URL(raw)
     except ValueError as exc:
-        raise WorkerNotAllowed(f"health_url is not a valid URL ({exc}); fix it") from None
+        raise WorkerNotAllowed(f"{name} is not a valid URL ({exc}); fix it") from None
     if not url.host:
-        raise WorkerNotAllowed("health_url has no host; write it as http://host:port/path")
+        raise WorkerNotAllowed(f"{name} has no host; write it as http://host:port/path")
     return url.host, url.port or 80
 
 

@@ -16,15 +16,33 @@ from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
 from gateway.browser import browser_guard
+from gateway.declared import Declared
 from gateway.endpoints import Catalogue
 from gateway.errors import error_middleware
 from gateway.failover import Failover
+from gateway.fallback import Dispatcher
 from gateway.health import HealthChecker, reap_expired
 from gateway.http1 import Client
+from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, assistants, keys, meta, ollama, openai, probes, runs, seed
+from gateway.routes import (
+    admin,
+    anthropic,
+    assistants,
+    dashboard,
+    keys,
+    meta,
+    models,
+    ollama,
+    openai,
+    probes,
+    responses,
+    runs,
+    seed,
+    ui,
+)
 from gateway.runs import Runner
 from gateway.settings import Settings
 from gateway.state import (
@@ -32,16 +50,20 @@ from gateway.state import (
     API_KEYS,
     ASSISTANTS,
     CATALOGUE,
+    DISPATCHER,
     FAILOVER,
     FOLLOWER,
     HEALTH,
+    LIVE,
     METRICS,
     REDIS,
+    RESPONSES,
     ROUTER,
     RUNS,
     SESSION,
     SETTINGS,
     STORE,
+    UPSTREAM,
 )
 from gateway.worker import Ejection
 from registry import (
@@ -55,6 +77,7 @@ from registry import (
     connect,
     pause,
 )
+from registry.responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +107,32 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
-    router = app[ROUTER] = Router(settings.balancing, settings.max_queued_per_model)
+    router = app[ROUTER] = Router(
+        settings.balancing, settings.max_queued_per_model, models=settings.models
+    )
     metrics = app[METRICS] = Metrics(multiproc_dir=settings.metrics_multiproc_dir)
     metrics.watch_registry(lambda: _registry_size(router))
     metrics.watch_workers(lambda: _worker_health(router))
     metrics.watch_load(lambda: _worker_load(router))
     router.on_removed = metrics.forget_worker
     app[ALLOWLIST] = AllowList.parse(settings.worker_allowlist)
+    app[LIVE] = Live()  # the dashboard's figures
+    app[ui.UI] = ui.UiFiles.load()
     tables = [
         admin.routes,
+        models.routes,
         keys.routes,
         seed.routes,
         openai.routes,
+        anthropic.routes,
+        responses.routes,
         ollama.routes,
         assistants.routes,
         runs.routes,
         probes.routes,
         meta.routes,
+        dashboard.routes,
+        ui.routes,
     ]
     for table in tables:
         app.add_routes(table)
@@ -114,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
             _redis_client,
             _upstream,
             _assistants,
+            _config_workers,
             _follower,
             _health_checker,
             _reaper,
@@ -218,6 +251,7 @@ async def _redis_client(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[STORE] = RegistryStore(redis, settings.key_prefix)
     app[API_KEYS] = ApiKeyStore(redis, settings.key_prefix)
+    app[RESPONSES] = ResponseStore(redis, settings.key_prefix, settings.responses_ttl_s)
     guard = app[GUARD] = Guard(settings, app[API_KEYS], app[METRICS])
     if guard.open:
         log.warning("%s", guard.describe())
@@ -257,7 +291,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent",),
     )
     app[SESSION] = session
-    app[FAILOVER] = Failover(
+    app[UPSTREAM] = client
+    failover = app[FAILOVER] = Failover(
         client,
         limits=Limits(
             max_response_bytes=settings.max_response_bytes,
@@ -274,6 +309,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         queue_timeout_s=settings.queue_timeout_s,
         panic=settings.panic_mode,
     )
+    app[DISPATCHER] = Dispatcher(app[ROUTER], failover)
     try:
         yield
     finally:
@@ -318,6 +354,22 @@ async def _background(
             await task
 
 
+async def _config_workers(app: web.Application) -> AsyncIterator[None]:
+    # Before the follower: its first snapshot then holds the file's workers.
+    settings = app[SETTINGS]
+    if settings.config_file is None:
+        yield
+        return
+    file = Declared(
+        app[STORE], str(settings.config_file), settings.workers, app[ROUTER].apply_local
+    )
+    if await file.apply():
+        yield
+        return
+    async with _background("config-workers", file.retry):
+        yield
+
+
 async def _follower(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
@@ -343,7 +395,7 @@ async def _follower(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _health_checker(app: web.Application) -> AsyncIterator[None]:
-    checker = HealthChecker(app[STORE], app[ROUTER], app[SESSION], app[SETTINGS])
+    checker = HealthChecker(app[STORE], app[ROUTER], app[SESSION], app[SETTINGS], app[UPSTREAM])
     app[HEALTH] = checker
     async with _background("health-checker", checker.run):
         yield

@@ -11,6 +11,7 @@ within the worker's `timeout_s`; a stream's head within `timeout_s`, each wait f
 """
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,7 +19,7 @@ from typing import TypeVar
 import orjson
 
 from gateway.calls import Call, WorkerRequest
-from gateway.errors import WorkerRefused
+from gateway.errors import ContextTooLong, WorkerRefused
 from gateway.http1 import Client, ConnectFailed, HTTPClientError, Response, TooLarge
 from gateway.stream import WorkerReported, events
 from gateway.worker import Worker
@@ -35,6 +36,21 @@ _CLIENT_STATUS = frozenset({400, 413, 422})
 # Answers smaller than this are extracted on the event loop whatever the path: it is quick.
 _EXTRACT_INLINE_BYTES = 64 * 1024
 _ERROR_BODY_BYTES = 4096  # read of an error answer: enough to redact what the 200-char quote shows
+# What model servers say when a prompt is longer than the context window: vLLM ("maximum
+# context length is"), SGLang ("longer than the model's context length"), llama.cpp
+# ("exceeds the available context size", exceed_context_size_error), OpenAI
+# (context_length_exceeded), Anthropic ("prompt is too long"). Deliberately narrow: a 400 for
+# any other reason must not send a request to another model.
+_CONTEXT_TOO_LONG = re.compile(
+    r"context[ _](length|window|size)[ _]?(is |of )?(exceeded|exceeds)"
+    r"|maximum context length"
+    r"|(longer than|exceeds?|exceeding|over) (the )?(model'?s? |available |maximum )*"
+    r"context (length|window|size)"
+    r"|exceed_context_size"
+    r"|prompt is too long",
+    re.IGNORECASE,
+)
+_CONTEXT_STATUS = frozenset({400, 413})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +143,13 @@ async def _refused(worker: Worker, req: WorkerRequest, response: Response) -> No
         response.close()
     status = response.status
     snippet = worker.redact.quote(raw)
+    if status in _CONTEXT_STATUS and _CONTEXT_TOO_LONG.search(
+        raw[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
+    ):
+        raise ContextTooLong(
+            f"the prompt is longer than the model's context window; shorten it or ask for "
+            f"fewer tokens (the model server said: {snippet})"
+        )
     if status in _CLIENT_STATUS:
         raise WorkerRefused(status, f"the model server refused the request: {snippet}")
     retry_after = response.headers.get("retry-after") if status == 429 else None
@@ -213,7 +236,7 @@ async def _extract(
 
 def rename_json(raw: bytes, worker: Worker, call: Call) -> bytes:
     """Give a passthrough answer the model name the client asked for."""
-    if not worker.record.upstream_model or call.body is None:
+    if call.body is None or call.body.get("model") == worker.record.served_model:
         return raw
     try:
         doc = orjson.loads(raw)

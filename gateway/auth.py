@@ -231,6 +231,10 @@ class Guard:
             log.warning("concurrency slot of API key %s not released: %s", key.id, exc)
 
     def _bearer(self, request: web.Request, access: Access, what: str) -> str:
+        if access == "inference" and "Authorization" not in request.headers:
+            api_key = request.headers.get("x-api-key", "").strip()  # Anthropic's clients
+            if api_key:
+                return api_key
         scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
         value = value.strip()
         if scheme.lower() != "bearer" or not value:

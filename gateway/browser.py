@@ -13,6 +13,13 @@ read the answers. `browser_guard(settings)` builds the middleware that refuses t
 - a body on an admin route that is not JSON (`application/json` or `+json`): 415. A page
   cannot send a JSON body without a CORS preflight, which the gateway never grants.
 
+The gateway's own pages (the dashboard under /ui) send an `Origin` equal to the `Host` they
+were loaded from. Such a same-origin request passes when that Host can be trusted: a loopback
+name or address, a name in `allowed_hosts`, or a route that needs credentials the gateway
+checks next (the admin token, API keys) and a rebound page does not have. A rebound page is
+same-origin with itself too, under its own name, so an open route reached by another name
+still needs that origin in `allowed_origins`.
+
 A request without Origin pays a few header lookups: accepted Host values are remembered (the
 Host check is one set lookup), and the route catalogue is asked only about a body that is
 not JSON.
@@ -59,11 +66,7 @@ def browser_guard(settings: Settings) -> Middleware:
             origin = headers.get("Origin")
             if origin is not None:
                 if origin not in origins and _origin(origin) not in origins:
-                    raise Forbidden(
-                        f"a request from the web page at origin {origin[:200]!r} may not change "
-                        "anything here; if that page should, add its origin to allowed_origins "
-                        "(GATEWAY_ALLOWED_ORIGINS)"
-                    )
+                    _check_page(request, origin, names, settings)
             elif headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
                 raise Forbidden(
                     "a cross-site request from a web page (Sec-Fetch-Site: cross-site) without "
@@ -120,6 +123,46 @@ def _check_host(host: str, allowed: frozenset[str], bound: str) -> None:
         "DNS rebinding); if that name is yours, add it to allowed_hosts (GATEWAY_ALLOWED_HOSTS)"
         ", or set admin_token"
     )
+
+
+def _check_page(
+    request: web.Request, origin: str, names: frozenset[str], settings: Settings
+) -> None:
+    """Refuse a state-changing request from a page at `origin` (not in allowed_origins)."""
+    if not _own_page(origin, request.headers.get("Host")):
+        raise Forbidden(
+            f"a request from the web page at origin {origin[:200]!r} may not change "
+            "anything here; if that page should, add its origin to allowed_origins "
+            "(GATEWAY_ALLOWED_ORIGINS)"
+        )
+    if not _trusted(request, names, settings):
+        raise Forbidden(
+            f"this gateway's own page at origin {origin[:200]!r} may change things here only "
+            "when it is reached by a loopback name, a name in allowed_hosts, or on a route that "
+            "needs credentials; add the origin to allowed_origins (GATEWAY_ALLOWED_ORIGINS), "
+            "or set admin_token (and require_api_keys)"
+        )
+
+
+def _own_page(origin: str, host: str | None) -> bool:
+    """Whether `origin` is the one of a page loaded from this `Host` (scheme aside)."""
+    parsed = _origin(origin)
+    if parsed is None or host is None:
+        return False
+    scheme = parsed.partition("://")[0]
+    return _origin(f"{scheme}://{host.strip()}") == parsed
+
+
+def _trusted(request: web.Request, names: frozenset[str], settings: Settings) -> bool:
+    """Whether a same-origin request may pass: its Host is ours, or credentials guard it."""
+    host = _hostname(request.headers.get("Host", ""))
+    if is_loopback(host) or host in names:
+        return True
+    endpoint = request.app[CATALOGUE].find(request)
+    access = endpoint.access if endpoint is not None else "admin"
+    if access == "admin":
+        return settings.admin_token is not None
+    return access == "inference" and settings.require_api_keys
 
 
 def _hostname(host: str) -> str:

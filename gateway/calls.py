@@ -18,7 +18,7 @@ from templates.codecs import EmbeddingCodec, TemplateAnswers
 from templates.codecs.template import values as template_values
 from templates.errors import CannotTranslate
 
-Family = Literal["seed", "openai", "ollama"]
+Family = Literal["seed", "openai", "ollama", "anthropic"]
 
 
 class Call:
@@ -79,8 +79,9 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
             body["stream"] = call.stream  # explicit: Ollama streams when it is left out
         http = op.plan.head({MODEL_NAME: served}, orjson.dumps(body))
         passthrough = True
-        if record.upstream_model:
-            rename = str(call.body.get("model", "")).encode()
+        asked = str(call.body.get("model", ""))
+        if asked != served:  # the worker's own name, or a fallback's: the client sees its own
+            rename = asked.encode()
     elif isinstance(codec, TemplateAnswers):
         conv = call.request()
         if conv.tools and conv.tool_choice != "none":

@@ -7,15 +7,17 @@ import logging
 import os
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
+from gateway import commands as client
 from gateway.app import create_app, server_options
 from gateway.metrics import MetricsConfigError
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, WorkersError, load_settings
 from gateway.supervisor import CHILD_FLAG, processes_arg, read_child_settings, supervise
 from registry import EmbeddedRedisError
 
@@ -24,9 +26,13 @@ log = logging.getLogger("gateway")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llm-gateway", description="One endpoint in front of many model servers."
+        prog="llm-gateway",
+        description="One endpoint in front of many model servers. `serve` runs the gateway; "
+        "the other commands talk to a running one (docs/cli.md).",
+        epilog=client.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", help="address to listen on (GATEWAY_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (GATEWAY_PORT, default 8007)")
@@ -47,12 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         "(GATEWAY_PROCESSES, default 1)",
     )
     serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    client.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command."""
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return client.run(args, os.environ)
     if args.child:
         # A process started by the supervisor: its settings are the parent's, already merged,
         # sent on stdin (secrets included, so never on the command line or in a file).
@@ -74,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(cli, config_file=args.config)
     except ValidationError as exc:
         print(f"llm-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except WorkersError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    except tomllib.TOMLDecodeError as exc:
+        print(f"llm-gateway: the config file is not valid TOML: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"llm-gateway: cannot read the config file: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ OpenAPI document all read this one catalogue, so a route cannot be served withou
 may call it, and the document cannot miss a route.
 """
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -16,10 +17,13 @@ from pydantic import BaseModel
 # public: anyone; admin: the admin token; inference: an API key (when keys are required);
 # metrics: the metrics token (when one is set).
 Access = Literal["public", "admin", "inference", "metrics"]
-Family = Literal["seed", "openai", "ollama", "admin", "system"]
+Family = Literal["seed", "openai", "ollama", "anthropic", "admin", "system"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
+
+# `{name:.+}` (a path parameter with its own pattern) is `{name}` in aiohttp's canonical path.
+_PATTERN = re.compile(r"\{(\w+):[^{}]+\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,16 @@ class Routes:
     ) -> Callable[[H], H]:
         return self._route("POST", path, access, body, answer, streams)
 
+    def put(
+        self,
+        path: str,
+        *,
+        access: Access,
+        body: type[BaseModel] | None = None,
+        answer: type[BaseModel] | None = None,
+    ) -> Callable[[H], H]:
+        return self._route("PUT", path, access, body, answer, False)
+
     def delete(
         self, path: str, *, access: Access, answer: type[BaseModel] | None = None
     ) -> Callable[[H], H]:
@@ -86,9 +100,18 @@ class Routes:
     ) -> Callable[[H], H]:
         def register(handler: H) -> H:
             summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
+            canonical = _PATTERN.sub(r"{\1}", path)
             self.endpoints.append(
                 Endpoint(
-                    method, path, self.family, access, summary, body, answer, streams, media_type
+                    method,
+                    canonical,
+                    self.family,
+                    access,
+                    summary,
+                    body,
+                    answer,
+                    streams,
+                    media_type,
                 )
             )
             self._table.route(method, path)(handler)

@@ -9,7 +9,7 @@
     │   ├── UnknownWorker    404  no worker with that identity
     │   └── UnknownKey       404  no API key with that id
     ├── MethodNotAllowed     405
-    ├── Conflict             409  worker already registered
+    ├── Conflict             409  worker already registered, or managed by a config file
     ├── PayloadTooLarge      413
     ├── UnsupportedMediaType 415  a body that is not JSON where only JSON is taken (admin routes)
     ├── InvalidRequest       422  well-formed but invalid (validation, bad template)
@@ -18,6 +18,7 @@
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
     ├── WorkerRateLimited    429  every worker tried said 429 (their Retry-After passed on)
     ├── WorkerRefused        4xx  a worker refused the client's request (400, 413, 422)
+    │   └── ContextTooLong   400  a worker said the prompt is longer than its context window
     ├── UpstreamError        502  the worker answered badly (or could not be reached)
     ├── Unavailable          503
     │   ├── NoHealthyWorker  503  the model's pool has no worker to try
@@ -28,16 +29,19 @@ A class says its status; an instance may carry another one where the status is t
 worker's (`WorkerRefused`) or aiohttp's. Registry errors (registry/errors.py, which knows
 nothing of HTTP) are mapped to these by one table.
 
-On OpenAI routes an invalid request is a 400, as OpenAI answers it, not a 422.
+On OpenAI and Anthropic routes an invalid request is a 400, as those APIs answer it, not a
+422; on Anthropic routes, no worker free or healthy is its 529 `overloaded_error`.
 
 Handlers raise; `error_middleware` picks the body shape of the family of the route the request
 matched (gateway/endpoints.py): the seed's `{"success": false, "msg"}`, OpenAI's
-`{"error": {"message", "type", "code"}}` or Ollama's `{"error": "..."}`, and leaves the error
+`{"error": {"message", "type", "code"}}`, Anthropic's `{"type": "error", "error": {"type",
+"message"}}` or Ollama's `{"error": "..."}`, and leaves the error
 on the request (`ERROR`) for the access log.
 """
 
+import difflib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import orjson
@@ -138,6 +142,15 @@ class WorkerRefused(GatewayError):
         super().__init__(message, status=status)
 
 
+class ContextTooLong(WorkerRefused):
+    """The worker said the prompt does not fit its context window (a fallback trigger)."""
+
+    code = "context_length_exceeded"  # OpenAI's own code for it
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
 class UpstreamError(GatewayError):
     status, code, openai_type = 502, "upstream_error", "api_error"
 
@@ -158,6 +171,35 @@ class UpstreamTimeout(GatewayError):
     status, code, openai_type = 504, "upstream_timeout", "api_error"
 
 
+# How many registered models a 404 for an unknown one names.
+SUGGESTED_MODELS = 10
+
+
+def unknown_model(model: str, known: Sequence[str], *, lead: str = "") -> UnknownModel:
+    """The 404 for `model`, naming the models that have workers, the closest ones first.
+
+    `lead` replaces the opening words (a protocol's own phrasing of "not found").
+    """
+    shown = model if len(model) <= 100 else model[:100] + "..."
+    lead = lead or f"no worker is registered for model {shown!r}"
+    if not known:
+        return UnknownModel(
+            f"{lead}, nor for any other model yet; register one with POST /api/server/register"
+        )
+    close = difflib.get_close_matches(model, known, n=3, cutoff=0.6)
+    if not close:  # a different case or a version suffix is what people get wrong most
+        folded = model.casefold()
+        close = [name for name in known if folded in name.casefold()][:3]
+    named = close + [name for name in known if name not in close]
+    listed = ", ".join(repr(name) for name in named[:SUGGESTED_MODELS])
+    if len(named) > SUGGESTED_MODELS:
+        listed += f" and {len(named) - SUGGESTED_MODELS} more"
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UnknownModel(
+        f"{lead}; {hint}registered models: {listed} (GET /v1/models or /api/tags lists them all)"
+    )
+
+
 def invalid(exc: ValidationError, what: str) -> GatewayError:
     """Turn a pydantic error into a 400 (not JSON) or 422 (wrong fields) naming each problem."""
     errors = exc.errors(include_url=False)
@@ -176,8 +218,10 @@ def invalid(exc: ValidationError, what: str) -> GatewayError:
 
 _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.DuplicateWorker: Conflict,
+    registry.ManagedWorker: Conflict,
     registry.UnknownWorker: UnknownWorker,
     registry.UnknownApiKey: UnknownKey,
+    registry.UnknownModelSettings: UnknownModel,
     registry.StoreUnavailable: StoreUnavailable,
     registry.NotStored: NotFound,
     registry.ThreadBusy: Conflict,
@@ -216,7 +260,7 @@ def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:
 
 
 def family(request: web.Request) -> str:
-    """Name the error shape of `request`: "openai", "ollama" or "seed"."""
+    """Name the error shape of `request`: "openai", "anthropic", "ollama" or "seed"."""
     catalogue = request.app.get(CATALOGUE)
     return shape_of(catalogue.find(request) if catalogue is not None else None, request.path)
 
@@ -224,12 +268,24 @@ def family(request: web.Request) -> str:
 def shape_of(endpoint: Endpoint | None, path: str) -> str:
     """Name the error shape of a route: its family's, or for no route the one its path suggests."""
     if endpoint is not None:
-        return endpoint.family if endpoint.family in ("openai", "ollama") else "seed"
+        return endpoint.family if endpoint.family in ("openai", "anthropic", "ollama") else "seed"
     if path.startswith("/v1/"):
         return "openai"
     if path.startswith("/api/") and not path.startswith(("/api/server/", "/api/v1/")):
         return "ollama"
     return "seed"
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    501: "invalid_request_error",
+    529: "overloaded_error",
+}
 
 
 def render(request: web.Request, err: GatewayError) -> web.Response:
@@ -241,6 +297,13 @@ def render(request: web.Request, err: GatewayError) -> web.Response:
         body = {"error": {"message": err.message, "type": err.openai_type, "code": err.code}}
         if status == 422:
             status = 400  # what OpenAI answers for an invalid request, and its SDKs expect
+    elif kind == "anthropic":
+        if status == 422:
+            status = 400
+        elif isinstance(err, Overloaded | NoHealthyWorker):
+            status = 529  # Anthropic's "overloaded", which its SDKs retry
+        kind_name = _ANTHROPIC_TYPES.get(status, "api_error")
+        body = {"type": "error", "error": {"type": kind_name, "message": err.message}}
     elif kind == "ollama":
         body = {"error": err.message}
     else:

@@ -11,7 +11,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
 
 from gateway.attempt import (
     AttemptFailed,
@@ -37,10 +39,13 @@ from gateway.metrics import Metrics
 from gateway.pool import Pool, QueueFull
 from gateway.stream import Slot, Stream, WorkerReported
 from gateway.worker import Ejection, Worker
-from templates import ExtractError
+from templates import MODEL_NAME, ExtractError, RenderedRequest
 from templates.codecs import Embeddings
 from templates.conversation import Reply
 from templates.errors import CannotTranslate
+
+if TYPE_CHECKING:
+    from gateway.affinity import Affinity
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +91,19 @@ class Failover:
         self._panic = panic
         self._metrics = metrics
 
-    async def complete(self, pool: Pool, call: Call) -> Answer:
-        """Get a whole answer for `call` from a worker of `pool`, failing over if needed."""
+    async def complete(
+        self,
+        pool: Pool,
+        call: Call,
+        *,
+        affinity: "Affinity | None" = None,
+        queue: bool = True,
+    ) -> Answer:
+        """Get a whole answer for `call` from a worker of `pool`, failing over if needed.
+
+        `affinity` is what `prefix` balancing places the request by; with `queue` false a
+        request that finds every worker busy is refused (Overloaded) instead of waiting.
+        """
         client, limits = self._client, self._limits
 
         async def attempt(slot: Slot, req: WorkerRequest, timeout_s: float, until: float) -> Answer:
@@ -109,12 +125,19 @@ class Failover:
                 return Answer(worker, 0, elapsed, embeddings=found)
             return Answer(worker, 0, elapsed, reply=await read_reply(worker, req, raw, limits))
 
-        answer, tries = await self._run(pool, call, attempt, hold=False)
+        answer, tries = await self._run(pool, call, attempt, False, affinity, queue)
         return Answer(
             answer.worker, tries, answer.upstream_s, answer.reply, answer.embeddings, answer.raw
         )
 
-    async def open_stream(self, pool: Pool, call: Call) -> Stream:
+    async def open_stream(
+        self,
+        pool: Pool,
+        call: Call,
+        *,
+        affinity: "Affinity | None" = None,
+        queue: bool = True,
+    ) -> Stream:
         """Start a streamed answer, failing over until a worker accepts the request.
 
         A worker that answers whole is read here, before the client's stream begins, so its
@@ -151,15 +174,45 @@ class Failover:
                 tries=0,
             )
 
-        stream, tries = await self._run(pool, call, attempt, hold=True)
+        stream, tries = await self._run(pool, call, attempt, True, affinity, queue)
         stream.tries = tries
         return stream
 
+    async def count_tokens(self, pool: Pool, body: dict[str, Any], counters: list[Worker]) -> Any:
+        """Ask an Anthropic-compatible worker of `pool` to count `body`'s input tokens."""
+        failures: list[str] = []
+        for worker in counters[: self._max_tries]:
+            op = worker.plan.operations["chat"]
+            sent = {**body, "model": worker.record.served_model}
+            head = op.plan.head({MODEL_NAME: worker.record.served_model}, orjson.dumps(sent))
+            http = RenderedRequest(head.method, head.url + "/count_tokens", head.headers, head.body)
+            req = WorkerRequest(op, http, True, False, None)
+            timeout_s = worker.record.timeout_s
+            try:
+                response = await send(
+                    self._client, worker, req, timeout_s=timeout_s, deadline=_now() + timeout_s
+                )
+                raw = await read_whole(response, self._limits, timeout_s)
+            except AttemptFailed as exc:
+                failures.append(f"{worker.label}: {worker.redact(exc.reason)}")
+                continue
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                failures.append(f"{worker.label}: its count is not JSON")
+        raise UpstreamError(f"model {pool.model!r}: counting tokens failed: " + "; ".join(failures))
+
     async def _run(
-        self, pool: Pool, call: Call, attempt: Attempt[T], *, hold: bool
+        self,
+        pool: Pool,
+        call: Call,
+        attempt: Attempt[T],
+        hold: bool,
+        affinity: "Affinity | None",
+        queue: bool,
     ) -> tuple[T, int]:
         until = _now() + self._request_timeout_s
-        candidates = await self._candidates(pool, call, until)
+        candidates = await self._candidates(pool, call, until, affinity, queue)
         failures: list[str] = []
         limited: list[AttemptFailed] = []  # the tries a worker answered 429
         timed_out = True
@@ -182,7 +235,7 @@ class Failover:
             except AttemptFailed as exc:
                 slot.release()
                 reason = worker.redact(exc.reason)
-                self._failed(pool, worker, exc, reason, time.perf_counter() - slot.sent_at)
+                self._failed(pool, worker, exc, reason, slot.sent_at)
                 failures.append(f"{worker.label}: {reason}")
                 timed_out = timed_out and exc.timed_out
                 if exc.status == 429:
@@ -193,12 +246,12 @@ class Failover:
             except BaseException:
                 slot.release()
                 raise
+            ended = time.perf_counter()
             if metrics is not None:
-                elapsed = time.perf_counter() - slot.sent_at
-                metrics.observe_upstream(pool.model, worker.label, 200, elapsed)
+                metrics.observe_upstream(pool.model, worker.label, 200, ended - slot.sent_at)
             if not hold:  # a Stream keeps the worker's slot until it is closed
                 slot.release()
-                worker.stats.succeeded()
+                worker.stats.succeeded(slot.sent_at, ended)
             return result, tries
         summary = "; ".join(failures)
         noun = "try" if len(failures) == 1 else f"all {len(failures)} tries"
@@ -212,14 +265,15 @@ class Failover:
         raise UpstreamError(message)
 
     def _failed(
-        self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, elapsed_s: float
+        self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, started: float
     ) -> None:
         metrics = self._metrics
+        ended = time.perf_counter()
         if metrics is not None:
             outcome = exc.status or ("timeout" if exc.timed_out else "error")
-            metrics.observe_upstream(pool.model, worker.label, outcome, elapsed_s)
+            metrics.observe_upstream(pool.model, worker.label, outcome, ended - started)
         stats = worker.stats
-        if stats.failed(reason, self.ejection if exc.ejectable else None):
+        if stats.failed(reason, self.ejection if exc.ejectable else None, started, ended):
             log.warning(
                 "ejected worker %s of %s after %d failures in a row: %s",
                 worker.label,
@@ -230,10 +284,12 @@ class Failover:
             if metrics is not None:
                 metrics.ejected(pool.model, worker.label)
 
-    async def _candidates(self, pool: Pool, call: Call, until: float) -> list[Worker]:
+    async def _candidates(
+        self, pool: Pool, call: Call, until: float, affinity: "Affinity | None", queue: bool
+    ) -> list[Worker]:
         op = call.op
         while True:
-            candidates = pool.candidates(op, self._max_tries, panic=self._panic)
+            candidates = pool.candidates(op, self._max_tries, panic=self._panic, affinity=affinity)
             if candidates:
                 return candidates
             if op != "chat" and not pool.able(op):
@@ -247,7 +303,7 @@ class Failover:
                     "ejected after failures); retry after the Retry-After delay",
                     headers={"Retry-After": str(pool.retry_after_s())},
                 )
-            wait_s = min(self._queue_timeout_s, until - _now())
+            wait_s = min(self._queue_timeout_s, until - _now()) if queue else 0.0
             try:
                 if wait_s <= 0:
                     raise TimeoutError

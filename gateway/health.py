@@ -6,6 +6,10 @@ worker's `health_url` (2xx is healthy; redirects are not followed, a 3xx is down
 not read) or, without one, a TCP connect to its host and port.
 A worker goes down after `probe_fall` failed probes in a row and up after `probe_rise`
 good ones; each change is written to Redis and reaches every process as a change event.
+The same round reads the load of workers that publish it (gateway/load.py).
+
+The probing process keeps, per worker, its last `PROBE_RUNS` runs of probes with the same
+outcome (the dashboard's probe history); other processes have none.
 
 Every process also reaps workers whose heartbeat (`ttl_s`) has lapsed: the reap is one
 atomic script, so several processes doing it at once remove each worker once.
@@ -18,16 +22,33 @@ import os
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from gateway.http1 import Client
+from gateway.load import LoadReader
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.worker import Worker
 from registry import Health, Lease, RegistryStore, StoreUnavailable, pause
 
 log = logging.getLogger(__name__)
+
+PROBE_RUNS = 10
+
+
+@dataclass(slots=True)
+class ProbeRun:
+    """Probes in a row with the same outcome, the newest last (times are time.time())."""
+
+    ok: bool
+    reason: str
+    first_at: float
+    last_at: float
+    count: int
+    last_ms: float
 
 
 class HealthChecker:
@@ -39,6 +60,7 @@ class HealthChecker:
         router: Router,
         session: aiohttp.ClientSession,
         settings: Settings,
+        client: Client,
     ) -> None:
         self._store = store
         self._router = router
@@ -48,7 +70,16 @@ class HealthChecker:
         self.lease = Lease(store.redis, store.keys.probe_lease, owner, settings.probe_lease_s)
         self.leader = False
         self._streaks: dict[str, tuple[bool, int]] = {}
+        self.probes: dict[str, list[ProbeRun]] = {}  # worker id -> its last runs of probes
         self._limit = asyncio.Semaphore(32)
+        self.loads = LoadReader(
+            client,
+            store,
+            router,
+            timeout_s=settings.probe_timeout_s,
+            max_bytes=settings.metrics_max_bytes,
+            interval_s=settings.probe_interval_s,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe while holding the lease, until `stop` is set.
@@ -95,21 +126,40 @@ class HealthChecker:
             if count % 1000 == 0:
                 await asyncio.sleep(0)  # thousands of workers: let requests run meanwhile
         await asyncio.gather(*(self._probe(group) for group in groups.values()))
-        if len(self._streaks) > 2 * sum(len(group) for group in groups.values()):
+        # After the health round, so only workers that are up now have their load read.
+        await self.loads.read_all()
+        size = 2 * sum(len(group) for group in groups.values())
+        if len(self._streaks) > size or len(self.probes) > size:
             known = {w.id for group in groups.values() for w in group}
             self._streaks = {k: v for k, v in self._streaks.items() if k in known}
+            self.probes = {k: v for k, v in self.probes.items() if k in known}
 
     async def _probe(self, group: list[Worker]) -> None:
         # The semaphore also bounds the writes below: a round that flips thousands of workers
         # must not take every connection of the Redis pool at once.
         async with self._limit:
+            started = time.perf_counter()
             ok, reason = await self._check(group[0])
+            took_ms, at = (time.perf_counter() - started) * 1000, time.time()
             for count, worker in enumerate(group, start=1):
+                self._remember(worker.id, ok, reason, at, took_ms)
                 health = self._count(worker, ok, reason)
                 if health is not None:
                     await self._publish(worker, health)
                 elif count % 1000 == 0:
                     await asyncio.sleep(0)
+
+    def _remember(self, wid: str, ok: bool, reason: str, at: float, took_ms: float) -> None:
+        runs = self.probes.get(wid)
+        if runs is None:
+            runs = self.probes[wid] = []
+        last = runs[-1] if runs else None
+        if last is not None and last.ok == ok and last.reason == reason:
+            last.last_at, last.count, last.last_ms = at, last.count + 1, took_ms
+            return
+        runs.append(ProbeRun(ok, reason, at, at, 1, took_ms))
+        if len(runs) > PROBE_RUNS:
+            del runs[0]
 
     def _count(self, worker: Worker, ok: bool, reason: str) -> Health | None:
         """Count one probe result; return the worker's new health when it changes."""

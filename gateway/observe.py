@@ -14,6 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -21,12 +22,14 @@ from aiohttp import web
 from gateway.endpoints import Handler
 from gateway.errors import ERROR
 from gateway.router import Router
-from gateway.state import CATALOGUE, METRICS, ROUTER, SETTINGS
+from gateway.state import CATALOGUE, LIVE, METRICS, ROUTER, SETTINGS
 
 access_log = logging.getLogger("gateway.access")
 
 HEADER = "X-Request-ID"
+MODEL_HEADER = "X-Gateway-Model"  # the model that answered (an alias's choice, a fallback)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:+/=@-]{1,128}$")
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 _CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
@@ -35,7 +38,8 @@ class Trace:
     """What a request learned on its way, for its metrics and its access-log line."""
 
     request_id: str
-    model: str | None = None
+    model: str | None = None  # as the client asked
+    served_model: str | None = None  # the model that answered
     worker: str | None = None  # the worker's label (scheme://host:port/path)
     tries: int | None = None
     upstream_s: float | None = None
@@ -58,6 +62,13 @@ def note_model(request: web.Request, model: str) -> None:
     trace = request.get(TRACE)
     if trace is not None:
         trace.model = model
+
+
+def note_served(request: web.Request, model: str) -> None:
+    """Record the model that answered (said in X-Gateway-Model and the access log)."""
+    trace = request.get(TRACE)
+    if trace is not None:
+        trace.served_model = model
 
 
 def note_worker(
@@ -96,12 +107,15 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = _CLIENT_GONE  # cancelled: the client went away (handler_cancellation)
         raise
     finally:
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        seconds = ended - started
         endpoint = app[CATALOGUE].find(request)
         family = endpoint.family if endpoint is not None else "none"
         route = endpoint.path if endpoint is not None else "unmatched"
         model = _model_label(app[ROUTER], trace.model)
         metrics.request_finished(family, route, model, status, seconds)
+        if model and model != "unknown":  # the dashboard's figures (gateway/live.py)
+            app[LIVE].request(model, ended, seconds, status < 500)
         error = request.get(ERROR)
         if error is not None and error.code == "store_unavailable":
             metrics.redis_error("request")
@@ -111,17 +125,23 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Return the request id on every answer, streams and errors included."""
+    """Return the request id on every answer, streams and errors included, and the model
+    that answered on each answer a model gave."""
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers[HEADER] = rid
+    trace = request.get(TRACE)
+    if trace is not None and trace.served_model is not None:
+        model = trace.served_model
+        # Header values are ASCII to every client; a name that is not goes percent-encoded.
+        response.headers[MODEL_HEADER] = model if model.isascii() else quote(model, safe=_SAFE)
 
 
 def _model_label(router: Router, model: str | None) -> str:
     # Only registered models become label values: a client cannot mint new series.
     if model is None:
         return ""
-    return model if router.pool(model) is not None else "unknown"
+    return model if router.knows(model) else "unknown"
 
 
 def _log(request: web.Request, trace: Trace, route: str, status: int, seconds: float) -> None:
@@ -134,6 +154,7 @@ def _log(request: web.Request, trace: Trace, route: str, status: int, seconds: f
         "status": status,
         "latency_ms": round(seconds * 1000, 1),
         "model": trace.model[:200] if trace.model is not None else None,
+        "served_model": trace.served_model,
         "worker": trace.worker,
         "upstream_ms": round(trace.upstream_s * 1000, 1) if trace.upstream_s is not None else None,
         "tries": trace.tries,

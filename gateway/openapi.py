@@ -45,6 +45,18 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """An error on an Anthropic route."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 class OllamaError(BaseModel):
     """An error on an Ollama route."""
 
@@ -54,6 +66,7 @@ class OllamaError(BaseModel):
 _ERRORS: dict[str, type[BaseModel]] = {
     "seed": SeedError,
     "openai": OpenAIError,
+    "anthropic": AnthropicError,
     "ollama": OllamaError,
 }
 _SECURITY = {

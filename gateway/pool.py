@@ -4,10 +4,14 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.balancing import Balancer, RoundRobin
 from gateway.worker import Worker
 from templates import OperationName
+
+if TYPE_CHECKING:
+    from gateway.affinity import Affinity
 
 
 class QueueFull(Exception):
@@ -24,19 +28,27 @@ class Pool:
     max_waiting: int = 256
     _waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
 
-    def candidates(self, op: OperationName, tries: int, *, panic: bool = False) -> list[Worker]:
+    def candidates(
+        self,
+        op: OperationName,
+        tries: int,
+        *,
+        panic: bool = False,
+        affinity: "Affinity | None" = None,
+    ) -> list[Worker]:
         """Return the workers to try for `op`, in order; empty when none is available."""
         now = time.monotonic()
         workers = self.workers
+        order = self.balancer.order
         if op == "chat":  # every worker serves chat: the usual case skips the test
-            chosen = self.balancer.order(workers, lambda w: w.healthy(now) and w.has_room(), tries)
+            chosen = order(workers, lambda w: w.healthy(now) and w.has_room(), tries, affinity)
         else:
-            chosen = self.balancer.order(
-                workers, lambda w: w.serves(op) and w.healthy(now) and w.has_room(), tries
+            chosen = order(
+                workers, lambda w: w.serves(op) and w.healthy(now) and w.has_room(), tries, affinity
             )
         if not chosen and panic and not any(w.healthy(now) for w in self.able(op)):
             # Panic mode: every worker is down or ejected; trying them beats failing outright.
-            chosen = self.balancer.order(workers, lambda w: w.serves(op) and w.has_room(), tries)
+            chosen = order(workers, lambda w: w.serves(op) and w.has_room(), tries, affinity)
         return chosen
 
     def able(self, op: OperationName) -> list[Worker]:

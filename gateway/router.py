@@ -6,15 +6,27 @@ writes; the request path only reads it, so choosing a worker never waits on Redi
 A worker is available when the active health checker has not marked it down (shared by every
 process through Redis), it is not ejected by this process's passive health (gateway/worker.py),
 and it is below its `max_concurrency`.
+
+Model settings (balancing, fallbacks, aliases; registry/model_settings.py) are part of the
+view too: those stored in Redis arrive like worker records, and win over the config file's.
 """
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
 
-from gateway.balancing import BALANCERS, Strategy
+from gateway.affinity import PrefixAffinity
+from gateway.balancing import (
+    Balancer,
+    LeastLoad,
+    LeastOutstanding,
+    RoundRobin,
+    SmoothWeighted,
+    Strategy,
+)
 from gateway.pool import Pool
 from gateway.worker import Worker
-from registry import Change, Health, WorkerRecord
+from registry import Change, Health, ModelRecord, ModelSettings, WorkerRecord
 from templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -23,7 +35,12 @@ log = logging.getLogger(__name__)
 class Router:
     """Model -> Pool; implements the registry follower's ViewSink."""
 
-    def __init__(self, strategy: Strategy = "round_robin", max_waiting: int = 256) -> None:
+    def __init__(
+        self,
+        strategy: Strategy = "round_robin",
+        max_waiting: int = 256,
+        models: Mapping[str, ModelSettings] | None = None,
+    ) -> None:
         self.version = 0
         self.loaded = False
         self.connected = False
@@ -34,6 +51,8 @@ class Router:
         self._by_model: dict[str, dict[str, Worker]] = {}
         self._pools: dict[str, Pool] = {}
         self._health: dict[str, Health] = {}
+        self._configured: dict[str, ModelSettings] = dict(models or {})
+        self._stored: dict[str, ModelRecord] = {}
         # Told (model, worker label) when a worker leaves the view, to drop its metrics.
         self.on_removed: Callable[[str, str], None] | None = None
 
@@ -41,7 +60,47 @@ class Router:
         return self._pools.get(model)
 
     def models(self) -> list[str]:
-        return sorted(self._pools)
+        """The names a client can ask for: models with workers, aliases, models that only
+        fall back to others."""
+        return sorted(set(self._pools).union(n for n in self._named() if self._answers(n)))
+
+    def knows(self, model: str) -> bool:
+        """Whether a request for `model` has somewhere to go (its metrics label is its own)."""
+        return model in self._pools or self._answers(model)
+
+    def _answers(self, model: str) -> bool:
+        settings = self.settings_of(model)
+        return settings is not None and (settings.alias is not None or bool(settings.fallbacks))
+
+    def settings_of(self, model: str) -> ModelSettings | None:
+        """The model's settings: stored through the API, else from the config file."""
+        stored = self._stored.get(model)
+        return stored.settings if stored is not None else self._configured.get(model)
+
+    def source_of(self, model: str) -> Literal["api", "config"] | None:
+        if model in self._stored:
+            return "api"
+        return "config" if model in self._configured else None
+
+    def stored(self, model: str) -> ModelRecord | None:
+        return self._stored.get(model)
+
+    def alias_of(self, model: str) -> ModelSettings | None:
+        settings = self.settings_of(model)
+        return settings if settings is not None and settings.alias is not None else None
+
+    def balancing_of(self, model: str) -> Strategy:
+        settings = self.settings_of(model)
+        if settings is not None and settings.balancing is not None:
+            return settings.balancing
+        return self._strategy
+
+    def model_names(self) -> list[str]:
+        """Every model with workers or settings."""
+        return sorted(set(self._pools).union(self._named()))
+
+    def _named(self) -> set[str]:
+        return set(self._stored).union(self._configured)
 
     def workers(self, model: str | None = None) -> Iterable[Worker]:
         """Every worker, or only `model`'s (found through the per-model index)."""
@@ -58,7 +117,13 @@ class Router:
         self.connected = connected
         self.reason = reason
 
-    def load(self, version: int, records: list[WorkerRecord], health: dict[str, Health]) -> None:
+    def load(
+        self,
+        version: int,
+        records: list[WorkerRecord],
+        health: dict[str, Health],
+        models: Iterable[ModelRecord] = (),
+    ) -> None:
         old = self._workers
         workers: dict[str, Worker] = {}
         for record in records:
@@ -80,8 +145,10 @@ class Router:
         self._by_model = {}
         for worker in workers.values():
             self._by_model.setdefault(worker.record.model_name, {})[worker.id] = worker
+        before = {name: self.settings_of(name) for name in self._pools}
+        self._stored = {record.name: record for record in models}
         for model in set(self._by_model) | set(self._pools):
-            self._rebuild(model)
+            self._rebuild(model, renew=before.get(model) != self.settings_of(model))
         self.version = version
         self.loaded = True
 
@@ -102,6 +169,9 @@ class Router:
             self.version = change.v
 
     def _apply(self, change: Change) -> None:
+        if change.op in ("model", "model_del"):
+            self._apply_model(change)
+            return
         previous = self._workers.get(change.id)
         if change.op == "health":
             if change.health is not None:
@@ -130,7 +200,18 @@ class Router:
                 self._by_model.pop(model, None)
             self._rebuild(model)
 
-    def _rebuild(self, model: str) -> None:
+    def _apply_model(self, change: Change) -> None:
+        name = change.id
+        before = self.settings_of(name)
+        if change.op == "model" and change.model is not None:
+            self._stored[name] = change.model
+        elif change.op == "model_del":
+            self._stored.pop(name, None)
+        pool = self._pools.get(name)
+        if pool is not None and self.settings_of(name) != before:
+            pool.balancer = self._balancer(name)
+
+    def _rebuild(self, model: str, *, renew: bool = False) -> None:
         members = tuple(
             sorted(
                 self._by_model.get(model, {}).values(),
@@ -141,10 +222,20 @@ class Router:
         if not members:
             self._pools.pop(model, None)
         elif pool is None:
-            balancer = BALANCERS[self._strategy]()
-            self._pools[model] = Pool(model, members, balancer, self._max_waiting)
+            self._pools[model] = Pool(model, members, self._balancer(model), self._max_waiting)
         else:
             pool.workers = members
+            if renew:
+                pool.balancer = self._balancer(model)
+
+    def _balancer(self, model: str) -> Balancer:
+        strategy = self.balancing_of(model)
+        if strategy == "prefix":
+            settings = self.settings_of(model) or ModelSettings()
+            return PrefixAffinity(
+                settings.prefix_chars, settings.max_load_ratio, settings.min_spill_load
+            )
+        return _SIMPLE[strategy]()
 
     @staticmethod
     def _compile(record: WorkerRecord, previous: Worker | None) -> Worker | None:
@@ -153,3 +244,11 @@ class Router:
         except (TemplateError, ValueError) as exc:
             log.error("skipping worker %s of %s: %s", record.id, record.model_name, exc)
             return None
+
+
+_SIMPLE: dict[Strategy, Callable[[], Balancer]] = {
+    "round_robin": RoundRobin,
+    "weighted": SmoothWeighted,
+    "least_outstanding": LeastOutstanding,
+    "least_load": LeastLoad,
+}

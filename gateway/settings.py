@@ -7,8 +7,9 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -19,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from registry import check_url
+from gateway.declared import WorkersError, read_workers
+from registry import Balancing, ModelSettings, WorkerSpec, check_name, check_url
 
 ENV_PREFIX = "GATEWAY_"
 # prometheus_client's own switch for multiprocess mode; read here so nothing else reads it.
@@ -66,7 +68,10 @@ class Settings(BaseModel):
     upstream_connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     max_tries: Annotated[int, Field(ge=1, le=10)] = 3
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
-    balancing: Literal["round_robin", "weighted", "least_outstanding"] = "round_robin"
+    balancing: Balancing = "round_robin"
+    # Per-model settings (docs/routing.md), a `[models.NAME]` table each in the config file;
+    # those set through the admin API win over these.
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
     panic_mode: bool = False
     queue_timeout_s: Annotated[float, Field(ge=0)] = 5.0
     max_queued_per_model: Annotated[int, Field(ge=0)] = 256
@@ -80,6 +85,8 @@ class Settings(BaseModel):
     probe_fall: Annotated[int, Field(ge=1)] = 2
     probe_lease_s: Annotated[float, Field(gt=0)] = 5.0
     reap_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    # Load-aware balancing reads workers' /metrics in the probe loop (docs/routing.md).
+    metrics_max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     max_request_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     max_response_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # What else a worker may send (docs/operations.md, "Limits on what workers send").
@@ -106,6 +113,8 @@ class Settings(BaseModel):
     api_key_cache_ttl_s: Annotated[float, Field(ge=0, le=300)] = 5.0
     # While Redis is unreachable, a cached key answer past its TTL is kept this much longer.
     api_key_cache_grace_s: Annotated[float, Field(ge=0, le=3600)] = 600.0
+    # How long a stored Responses-API response (and its conversation) is kept.
+    responses_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
     api_key_cache_size: Annotated[int, Field(ge=1)] = 10_000
     api_key_lease_s: Annotated[float, Field(gt=0)] = 900.0
     worker_allowlist: tuple[str, ...] = ()
@@ -130,6 +139,11 @@ class Settings(BaseModel):
     access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
     metrics_multiproc_dir: Path | None = None
 
+    # The config file these settings were read from, and the workers it declares
+    # ([[workers]], gateway/declared.py); neither comes from the environment.
+    config_file: Path | None = None
+    workers: tuple[WorkerSpec, ...] = Field(default=(), repr=False)  # headers hold secrets
+
     @field_validator("access_log", mode="before")
     @classmethod
     def _access_log_switch(cls, value: Any) -> Any:
@@ -142,6 +156,28 @@ class Settings(BaseModel):
                 return 0.0
             if word in ("on", "true", "yes"):
                 return 1.0
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_json(cls, value: Any) -> Any:
+        """Accept a JSON object (an env var) as well as the config file's tables."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"models must be a JSON object ({exc})") from None
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        for name, settings in value.items():
+            try:
+                check_name(name)
+                settings.checked_for(name)
+            except ValueError as exc:
+                raise ValueError(f"models.{name}: {exc}") from None
         return value
 
     @field_validator("worker_allowlist", "allowed_origins", "allowed_hosts", mode="before")
@@ -177,20 +213,35 @@ class Settings(BaseModel):
         return self
 
 
+_FILE_ONLY = frozenset({"config_file", "workers"})
+
+
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     *,
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge the sources in order of precedence and validate once."""
+    """Merge the sources in order of precedence and validate once.
+
+    Raise OSError (unreadable file), tomllib.TOMLDecodeError, WorkersError (the file's
+    workers, each problem named) or ValidationError (the settings).
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     config_file = config_file or _env_path(environ.get(ENV_PREFIX + "CONFIG"))
     if config_file is not None:
         with open(config_file, "rb") as handle:
             values.update(tomllib.load(handle))
+        values["config_file"] = config_file.absolute()  # symlinks kept: the operator's name
+        if "workers" in values:
+            try:
+                values["workers"] = read_workers(values["workers"], environ)
+            except WorkersError as exc:
+                raise WorkersError(exc.problems, str(config_file)) from None
     for name in Settings.model_fields:
+        if name in _FILE_ONLY:
+            continue
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = raw
@@ -204,4 +255,4 @@ def _env_path(raw: str | None) -> Path | None:
     return Path(raw) if raw else None
 
 
-__all__ = ["Settings", "ValidationError", "default_data_dir", "load_settings"]
+__all__ = ["Settings", "ValidationError", "WorkersError", "default_data_dir", "load_settings"]

@@ -57,6 +57,14 @@ class Slot:
             self._held = False
             self.pool.left(self.worker)
 
+    def done(self, *, ok: bool, reason: str = "", ejection: Ejection | None = None) -> None:
+        """Count the stream's outcome for its worker, timed from the request to now."""
+        stats = self.worker.stats
+        if ok:
+            stats.succeeded(self.sent_at, time.perf_counter())
+        else:
+            stats.failed(reason, ejection, self.sent_at, time.perf_counter())
+
     def first_piece(self) -> None:
         """The first piece of the answer is on its way to the client (time to first token)."""
         if self._metrics is not None:
@@ -160,7 +168,7 @@ class Stream:
         finally:
             if renaming is not None:
                 renaming.flush()
-        self.worker.stats.succeeded()
+        self._slot.done(ok=True)
 
     async def begin(self) -> None:
         """Read a translated stream up to its first piece of content, before the client's
@@ -189,11 +197,11 @@ class Stream:
                 yield piece
         except ExtractError as exc:
             reason = exc.describe(self.worker.redact)
-            self.worker.stats.failed(reason, None)
+            self._slot.done(ok=False, reason=reason)
             raise StreamBroken(f"{self.worker.label}: {reason}") from exc
         except (HTTPClientError, TimeoutError) as exc:
             raise self._broken(exc) from exc
-        self.worker.stats.succeeded()
+        self._slot.done(ok=True)
 
     async def _rest(self) -> AsyncIterator[Event | bytes]:
         held, self._held = self._held, []
@@ -216,7 +224,7 @@ class Stream:
             reason = self.worker.redact.quote(str(exc) or type(exc).__name__)
         else:
             reason = "it stalled or ran past the stream's time limit"
-        self.worker.stats.failed(reason, self._ejection)
+        self._slot.done(ok=False, reason=reason, ejection=self._ejection)
         return StreamBroken(f"the worker stopped mid-answer ({reason})")
 
     async def _own_bytes(self, response: Response) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import (
     DuplicateWorker,
+    ManagedWorker,
     MessageTooLarge,
     NotStored,
     RegistryError,
@@ -26,23 +27,46 @@ from registry.errors import (
     ThreadBusy,
     UnknownApiKey,
     UnknownCursor,
+    UnknownModelSettings,
     UnknownWorker,
 )
 from registry.lease import Lease
-from registry.models import Change, Health, RegisterRequest, WorkerKey, WorkerRecord, WorkerSpec
-from registry.store import REDIS_ERRORS, RegistryStore
+from registry.managed import Applied, apply_managed
+from registry.model_settings import (
+    TRIGGERS,
+    AliasTarget,
+    Balancing,
+    ModelRecord,
+    ModelSettings,
+    Trigger,
+    check_name,
+)
+from registry.models import (
+    Change,
+    Health,
+    Load,
+    RegisterRequest,
+    WorkerKey,
+    WorkerRecord,
+    WorkerSpec,
+)
+from registry.store import REDIS_ERRORS, RegistryStore, Snapshot
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "ACTIVE",
     "REDIS_ERRORS",
+    "TRIGGERS",
     "WAITING",
     "Admission",
+    "AliasTarget",
     "ApiKey",
     "ApiKeyStore",
+    "Applied",
     "AssistantLimits",
     "AssistantRecord",
     "AssistantStore",
+    "Balancing",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
@@ -51,8 +75,12 @@ __all__ = [
     "Health",
     "LastError",
     "Lease",
+    "Load",
+    "ManagedWorker",
     "MessageRecord",
     "MessageTooLarge",
+    "ModelRecord",
+    "ModelSettings",
     "NewApiKey",
     "NotStored",
     "RegisterRequest",
@@ -61,17 +89,22 @@ __all__ = [
     "RunChanged",
     "RunRecord",
     "RunUsage",
+    "Snapshot",
     "StorageFull",
     "StoreUnavailable",
     "ThreadBusy",
     "ThreadRecord",
+    "Trigger",
     "UnknownApiKey",
     "UnknownCursor",
+    "UnknownModelSettings",
     "UnknownWorker",
     "ViewSink",
     "WorkerKey",
     "WorkerRecord",
     "WorkerSpec",
+    "apply_managed",
+    "check_name",
     "check_url",
     "connect",
     "hash_key",

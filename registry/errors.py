@@ -9,6 +9,10 @@ class DuplicateWorker(RegistryError):
     """The (model_name, req_url_template) identity is already registered."""
 
 
+class ManagedWorker(RegistryError):
+    """The worker is declared in a config file: only that file changes or removes it."""
+
+
 class UnknownWorker(RegistryError):
     """No worker with that identity is registered."""
 
@@ -43,3 +47,7 @@ class MessageTooLarge(RegistryError):
 
 class RunChanged(RegistryError):
     """A run was not in the state a change expected (another request changed it first)."""
+
+
+class UnknownModelSettings(RegistryError):
+    """No settings are stored for that model."""

@@ -30,6 +30,11 @@ class Keys:
         return f"{self._tag}:model:"
 
     @property
+    def models(self) -> str:
+        """Hash: model name -> its settings record (JSON), written by the admin API."""
+        return f"{self._tag}:models"
+
+    @property
     def health(self) -> str:
         """Hash: worker id -> Health (JSON), written by the active health checker."""
         return f"{self._tag}:health"
@@ -71,6 +76,11 @@ class Keys:
     def in_flight(self, key_id: str) -> str:
         """Sorted set: the key's requests in progress, scored by their start (ms)."""
         return f"{self._tag}:inflight:{key_id}"
+
+    def response(self, response_id: str) -> str:
+        """String: a stored Responses-API response (JSON: owner, response, input, history),
+        expiring after `responses_ttl_s`."""
+        return f"{self._tag}:response:{response_id}"
 
     # The Assistants API's state (registry/assistants.py). `owner` is the API key's id, or
     # "open" when keys are not required; ids in key names are checked by the caller.

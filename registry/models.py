@@ -15,14 +15,13 @@ from pydantic import (
     model_validator,
 )
 
+from registry.model_settings import ModelName, ModelRecord
 from templates import TemplateError, WorkerPlan, compile_worker, presets
 from templates.codecs.template import USAGE_FIELDS
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what HTTP forbids (tab is fine)
-
-ModelName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 def worker_id(model_name: str, req_url_template: str) -> str:
@@ -74,6 +73,7 @@ class WorkerSpec(BaseModel):
     usage_extract: dict[str, Annotated[str, Field(min_length=1, max_length=1024)]] | None = None
     finish_reason_extract: Annotated[str, Field(max_length=1024)] = ""
     health_url: Annotated[str, Field(max_length=4096)] | None = None
+    metrics_url: Annotated[str, Field(max_length=4096)] | None = None
     weight: Annotated[int, Field(ge=1, le=1000)] = 1
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     ttl_s: Annotated[float, Field(gt=0, le=86400)] | None = None
@@ -126,11 +126,11 @@ class WorkerSpec(BaseModel):
             )
         return value
 
-    @field_validator("health_url")
+    @field_validator("health_url", "metrics_url")
     @classmethod
-    def _absolute_url(cls, value: str | None) -> str | None:
+    def _absolute_url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("health_url must be an absolute http:// or https:// URL")
+            raise ValueError(f"{info.field_name} must be an absolute http:// or https:// URL")
         return value
 
     @model_validator(mode="after")
@@ -192,12 +192,24 @@ class WorkerRecord(WorkerSpec):
 
     id: str
     registered_at: float = Field(default_factory=time.time)
+    # The config file that declares the worker (None: registered through the API). The API
+    # refuses to change or remove a worker a file manages.
+    managed_by: str | None = None
 
     @classmethod
-    def from_spec(cls, spec: WorkerSpec) -> "WorkerRecord":
+    def from_spec(
+        cls,
+        spec: WorkerSpec,
+        *,
+        managed_by: str | None = None,
+        registered_at: float | None = None,
+    ) -> "WorkerRecord":
         # `spec` is validated and compiled already: build without validating again.
         record = cls.model_construct(
-            id=spec.worker_id, registered_at=time.time(), **spec.model_dump()
+            id=spec.worker_id,
+            registered_at=time.time() if registered_at is None else registered_at,
+            managed_by=managed_by,
+            **spec.model_dump(),
         )
         record._plan = spec._plan
         return record
@@ -218,19 +230,30 @@ class WorkerKey(BaseModel):
     req_url_template: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class Load(BaseModel):
+    """What a worker's own /metrics last said of its load (read by the probe loop)."""
+
+    running: Annotated[int, Field(ge=0)] = 0  # requests it is working on
+    waiting: Annotated[int, Field(ge=0)] = 0  # requests queued behind them
+    kv_usage: Annotated[float, Field(ge=0, le=1)] | None = None  # KV cache in use, 0 to 1
+    at: float = 0.0  # when it was read (time.time())
+
+
 class Health(BaseModel):
     """A worker's state as the active health checker last saw it, shared by every process."""
 
     state: Literal["up", "down"]
     since: float
     reason: str = ""
+    load: Load | None = None  # only while up, and only for workers that publish /metrics
 
 
 class Change(BaseModel):
-    """One change event: a record put or deleted, or a worker's health changed."""
+    """One change event: a worker put or deleted, its health, or a model's settings."""
 
     v: int
-    op: Literal["put", "del", "health"]
-    id: str
+    op: Literal["put", "del", "health", "model", "model_del"]
+    id: str  # the worker's id; the model's name for "model" and "model_del"
     record: WorkerRecord | None = None
     health: Health | None = None
+    model: ModelRecord | None = None

@@ -1,5 +1,6 @@
 """The worker registry in Redis: atomic writes, snapshots and change events.
 
+Workers, their health and model settings share one version counter and one event channel.
 A write is one Lua script: it changes the record, the per-model index and the version counter
 and publishes the change event in a single atomic step, so a follower that sees version N has
 seen every change up to N, and a gap in versions tells it to resync.
@@ -7,15 +8,22 @@ seen every change up to N, and a gap in versions tells it to resync.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import orjson
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
-from registry.errors import DuplicateWorker, StoreUnavailable, UnknownWorker
+from registry.errors import (
+    DuplicateWorker,
+    ManagedWorker,
+    StoreUnavailable,
+    UnknownModelSettings,
+    UnknownWorker,
+)
 from registry.keys import Keys
+from registry.model_settings import ModelRecord
 from registry.models import Change, Health, WorkerRecord, other_forms, worker_id
 
 T = TypeVar("T")
@@ -23,12 +31,30 @@ T = TypeVar("T")
 # Milliseconds on the Redis server's clock, so every gateway agrees on heartbeat deadlines.
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+# The config file that manages the record in `old` (its JSON), or nil.
+_MANAGER = """
+local function manager(old)
+  if not old then return nil end
+  local by = cjson.decode(old)['managed_by']
+  if by == nil or by == cjson.null then return nil end
+  return by
+end
+"""
+
 # KEYS: workers, model index, version, expiry, health.
 # ARGV: id, record JSON, replace flag, channel, ttl in ms ("" when the worker has none).
+# Answers the new version, -1 when the worker exists and replace is off, or the path of the
+# config file that manages the worker (the API does not change those).
 _PUT = (
     _NOW_MS
+    + _MANAGER
     + """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 and ARGV[3] ~= '1' then
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local by = manager(old)
+if by then
+  return by
+end
+if old and ARGV[3] ~= '1' then
   return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -46,7 +72,15 @@ return v
 )
 
 # KEYS: workers, model index, version, expiry, health. ARGV: id, channel.
-_DEL = """
+# Answers the new version, -1 when there is no such worker, or the path of the config file
+# that manages it.
+_DEL = (
+    _MANAGER
+    + """
+local by = manager(redis.call('HGET', KEYS[1], ARGV[1]))
+if by then
+  return by
+end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
   return -1
 end
@@ -57,6 +91,7 @@ local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"del","id":"' .. ARGV[1] .. '"}')
 return v
 """
+)
 
 # KEYS: workers, health, version. ARGV: id, health JSON, channel.
 _HEALTH = """
@@ -113,11 +148,42 @@ return reaped
 )
 
 
-# KEYS: workers, health, version. One atomic read (a MULTI is not available on a Cluster).
+# KEYS: models, version. ARGV: model name, record JSON, channel. The name is encoded by cjson:
+# unlike a worker id, it may hold quotes or backslashes.
+_MODEL_PUT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], '{"v":' .. v .. ',"op":"model","id":' .. cjson.encode(ARGV[1])
+  .. ',"model":' .. ARGV[2] .. '}')
+return v
+"""
+
+# KEYS: models, version. ARGV: model name, channel.
+_MODEL_DEL = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+  return -1
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[2], '{"v":' .. v .. ',"op":"model_del","id":' .. cjson.encode(ARGV[1])
+  .. '}')
+return v
+"""
+
+# KEYS: workers, health, version, models. One atomic read (a MULTI is not available on a
+# Cluster).
 _SNAPSHOT = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-        redis.call('GET', KEYS[3])}
+        redis.call('GET', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
+
+
+class Snapshot(NamedTuple):
+    """Everything a view is built from, at one version."""
+
+    version: int
+    records: list[WorkerRecord]
+    health: dict[str, Health]
+    models: list[ModelRecord]
 
 
 class RegistryStore:
@@ -132,6 +198,8 @@ class RegistryStore:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._reap = redis.register_script(_REAP)
         self._snapshot = redis.register_script(_SNAPSHOT)
+        self._model_put = redis.register_script(_MODEL_PUT)
+        self._model_del = redis.register_script(_MODEL_DEL)
 
     async def put(self, record: WorkerRecord, *, replace: bool) -> Change:
         """Store `record`; raise DuplicateWorker when it exists and `replace` is false."""
@@ -141,6 +209,8 @@ class RegistryStore:
         ttl_ms = "" if record.ttl_s is None else str(int(record.ttl_s * 1000))
         args = [record.id, payload, "1" if replace else "0", k.events, ttl_ms]
         version = await guard(lambda: self._put(keys=keys, args=args))
+        if isinstance(version, bytes):
+            raise managed(record.model_name, record.req_url_template, version)
         if version == -1:
             raise DuplicateWorker(
                 f"worker (model_name={record.model_name}, "
@@ -154,14 +224,18 @@ class RegistryStore:
         k = self.keys
         keys = [k.workers, k.model(model_name), k.version, k.expiry, k.health]
 
-        async def delete(wid: str) -> int:
-            return int(await guard(lambda: self._del(keys=keys, args=[wid, k.events])))
+        async def delete(wid: str) -> int | bytes:
+            # The new version, -1, or the path of the config file that manages the worker.
+            answer: int | bytes = await guard(lambda: self._del(keys=keys, args=[wid, k.events]))
+            return answer
 
         wid = worker_id(model_name, req_url_template)
         version = await delete(wid)
         if version == -1 and (other := await self._other_form(model_name, req_url_template)):
             wid = other
             version = await delete(wid)
+        if isinstance(version, bytes):
+            raise managed(model_name, req_url_template, version)
         if version == -1:
             raise UnknownWorker(
                 f"no worker (model_name={model_name}, url={req_url_template}) is registered; "
@@ -229,12 +303,31 @@ class RegistryStore:
         reaped = await guard(lambda: self._reap(keys=keys, args=args))
         return [wid.decode() if isinstance(wid, bytes) else str(wid) for wid in reaped]
 
-    async def snapshot(self) -> tuple[int, list[WorkerRecord], dict[str, Health]]:
-        """Read every record, its health and the version they correspond to, atomically."""
+    async def put_model(self, record: ModelRecord) -> Change:
+        """Store a model's settings, replacing what was stored for it."""
+        k = self.keys
+        args = [record.name, record.model_dump_json(), k.events]
+        version = await guard(lambda: self._model_put(keys=[k.models, k.version], args=args))
+        return Change(v=int(version), op="model", id=record.name, model=record)
+
+    async def delete_model(self, name: str) -> Change:
+        """Remove a model's stored settings; raise UnknownModelSettings when it has none."""
+        k = self.keys
+        args = [name, k.events]
+        version = await guard(lambda: self._model_del(keys=[k.models, k.version], args=args))
+        if version == -1:
+            raise UnknownModelSettings(
+                f"model {name!r} has no settings set through the API; "
+                "GET /api/server/models lists every model and where its settings come from"
+            )
+        return Change(v=int(version), op="model_del", id=name)
+
+    async def snapshot(self) -> Snapshot:
+        """Read every record, its health, the model settings and their version, atomically."""
 
         k = self.keys
-        flat_records, flat_health, version = await guard(
-            lambda: self._snapshot(keys=[k.workers, k.health, k.version])
+        flat_records, flat_health, version, flat_models = await guard(
+            lambda: self._snapshot(keys=[k.workers, k.health, k.version, k.models])
         )
         records = []
         for count, blob in enumerate(flat_records[1::2], start=1):
@@ -252,7 +345,13 @@ class RegistryStore:
                 health[wid.decode()] = Health.model_validate_json(blob)
             except ValidationError:
                 continue
-        return int(version or 0), records, health
+        models: list[ModelRecord] = []
+        for blob in flat_models[1::2]:
+            try:
+                models.append(ModelRecord.model_validate_json(blob))
+            except ValidationError:
+                continue
+        return Snapshot(int(version or 0), records, health, models)
 
     async def version(self) -> int:
         """Return the current registry version."""
@@ -261,6 +360,15 @@ class RegistryStore:
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await guard(self.redis.ping)
+
+
+def managed(model_name: str, req_url_template: str, source: bytes) -> ManagedWorker:
+    """The error for an API write to a worker that the config file `source` declares."""
+    return ManagedWorker(
+        f"worker (model_name={model_name}, req_url_template={req_url_template}) is declared "
+        f"in the config file {source.decode(errors='replace')}: change or remove it there and "
+        "restart the gateway; the API does not change workers a config file manages"
+    )
 
 
 def parse_change(data: bytes | str) -> Change | None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from registry.errors import StoreUnavailable
+from registry.model_settings import ModelRecord
 from registry.models import Change, Health, WorkerRecord
 from registry.store import REDIS_ERRORS, RegistryStore, parse_change
 
@@ -28,7 +29,11 @@ class ViewSink(Protocol):
     def version(self) -> int: ...
 
     def load(
-        self, version: int, records: list[WorkerRecord], health: dict[str, Health]
+        self,
+        version: int,
+        records: list[WorkerRecord],
+        health: dict[str, Health],
+        models: list[ModelRecord],
     ) -> None: ...
 
     def apply(self, change: Change) -> None: ...
@@ -129,8 +134,8 @@ class Follower:
             self._inbox.put_nowait(exc)
 
     async def _resync(self) -> None:
-        version, records, health = await self._store.snapshot()
-        self._sink.load(version, records, health)
+        snapshot = await self._store.snapshot()
+        self._sink.load(snapshot.version, snapshot.records, snapshot.health, snapshot.models)
         self.resyncs += 1
 
 

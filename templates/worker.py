@@ -11,7 +11,7 @@ from templates.extract import compile_extract
 from templates.render import RequestPlan, bake_url, compile_request
 from templates.stream import StreamFormat
 
-Protocol = Literal["template", "openai", "ollama"]
+Protocol = Literal["template", "openai", "ollama", "anthropic"]
 OperationName = Literal["chat", "completion", "embedding"]
 Streams = Literal["never", "always", "on_request"]
 
@@ -104,6 +104,9 @@ def compile_worker(
         return WorkerPlan("template", url, {"chat": op, "completion": op})
 
     data = presets.get(preset)
+    given = {name.lower() for name in header}
+    defaults = {k: v for k, v in data.get("headers", {}).items() if k.lower() not in given}
+    header = {**defaults, **header}
     operations: dict[str, Operation] = {}
     for name, spec in data["operations"].items():
         # A preset's chat may be given its own template: it is then read like a template's.

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from gateway import Settings, create_app
 from gateway.app import server_options
 from registry import EmbeddedRedis
+from tests.llama.server import llama_server, llama_server_eos  # noqa: F401 - fixtures
 from tests.workers import FakeWorker, ProtocolWorker
 
 EXTERNAL_REDIS = os.environ.get("GATEWAY_TEST_REDIS_URL")

@@ -72,6 +72,9 @@ class ModelServer:
             app.router.add_post("/v1/chat/completions", self._openai_chat)
             app.router.add_post("/v1/completions", self._openai_completion)
             app.router.add_post("/v1/embeddings", self._openai_embeddings)
+        elif self.protocol == "anthropic":
+            app.router.add_post("/v1/messages", self._anthropic)
+            app.router.add_post("/v1/messages/count_tokens", self._anthropic_count)
         elif self.protocol == "ollama":
             app.router.add_post("/api/chat", self._ollama)
             app.router.add_post("/api/generate", self._ollama)
@@ -91,7 +94,7 @@ class ModelServer:
 
     @property
     def base_url(self) -> str:
-        return {"openai": f"{self.url}/v1", "ollama": self.url}.get(self.protocol, self.url)
+        return {"openai": f"{self.url}/v1"}.get(self.protocol, self.url)
 
     @property
     def last(self) -> Any:
@@ -285,6 +288,116 @@ class ModelServer:
         return web.json_response(
             {"model": sent["model"], "embeddings": vectors, "prompt_eval_count": len(inputs)}
         )
+
+    # Anthropic
+
+    @staticmethod
+    def _anthropic_messages(sent: Any) -> list[dict[str, Any]]:
+        """The request's messages in OpenAI's terms, for `decide`."""
+        out: list[dict[str, Any]] = []
+        for m in sent["messages"]:
+            content = m["content"]
+            if isinstance(content, list) and content and content[0].get("type") == "tool_result":
+                out.append({"role": "tool", "content": content[0]["content"]})
+            else:
+                out.append({"role": m["role"], "content": _text(content)})
+        return out
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        sent = await self._read(request)
+        if (refusal := self._refusal()) is not None:
+            return refusal
+        tools = [{"function": {"name": t["name"]}} for t in sent.get("tools") or ()]
+        turn = decide(self.name, self._anthropic_messages(sent), sent.get("max_tokens"), tools)
+        stop = {"length": "max_tokens", "tool_calls": "tool_use"}.get(turn.finish, "end_turn")
+        usage = {"input_tokens": turn.prompt_tokens, "output_tokens": max(len(turn.pieces), 1)}
+        content: list[dict[str, Any]] = []
+        if turn.pieces:
+            content.append({"type": "text", "text": "".join(turn.pieces)})
+        if turn.tool:
+            content.append(
+                {"type": "tool_use", "id": "toolu_1", "name": turn.tool, "input": TOOL_ARGUMENTS}
+            )
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": sent["model"],
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not sent.get("stream"):
+            return web.json_response(message)
+
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return f"event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
+        lines = [event("message_start", {"type": "message_start", "message": start})]
+        index = 0
+        if turn.pieces:
+            block = {"type": "text", "text": ""}
+            lines.append(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                )
+            )
+            for piece in turn.pieces:
+                delta = {"type": "text_delta", "text": piece}
+                lines.append(
+                    event(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": 0, "delta": delta},
+                    )
+                )
+            lines.append(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            index = 1
+        if turn.tool:
+            block = {"type": "tool_use", "id": "toolu_1", "name": turn.tool, "input": {}}
+            lines.append(
+                event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                )
+            )
+            args = orjson.dumps(TOOL_ARGUMENTS).decode()
+            for part in (args[:5], args[5:]):
+                delta = {"type": "input_json_delta", "partial_json": part}
+                lines.append(
+                    event(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                    )
+                )
+            lines.append(
+                event("content_block_stop", {"type": "content_block_stop", "index": index})
+            )
+        end = {"stop_reason": stop, "stop_sequence": None}
+        lines.append(
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": end,
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        lines.append(event("message_stop", {"type": "message_stop"}))
+        return await self._stream(request, lines, "text/event-stream")
+
+    async def _anthropic_count(self, request: web.Request) -> web.Response:
+        sent = await self._read(request)
+        words = sum(len(_text(m.get("content")).split()) for m in self._anthropic_messages(sent))
+        return web.json_response({"input_tokens": words})
 
     # A seed-style service with its own JSON: {"ask": ..., "limit": ..., "stream": ...}
 

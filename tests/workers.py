@@ -27,16 +27,23 @@ class Received:
 
 @dataclass
 class FakeWorker:
+    """`metrics` is served at GET /metrics (not counted as a request); `active` and `peak`
+    count the requests it is answering now and the most it answered at once."""
+
     name: str = "worker"
     status: int = 200
     delay_s: float = 0.0
     raw: bytes | None = None  # answer these bytes verbatim instead of the seed JSON
+    metrics: str | None = None  # a Prometheus text page, e.g. vllm_metrics(running=3)
     received: list[Received] = field(default_factory=list)
     url: str = ""
+    active: int = 0
+    peak: int = 0
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
@@ -54,7 +61,20 @@ class FakeWorker:
     def count(self) -> int:
         return len(self.received)
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics is None:
+            return web.Response(status=404, text="404: Not Found")
+        return web.Response(text=self.metrics, content_type="text/plain")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return await self._answer(request)
+        finally:
+            self.active -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append(
             Received(request.method, request.path, dict(request.query), dict(request.headers), body)
@@ -71,6 +91,22 @@ class FakeWorker:
             prompt = sent.get("input", sent) if isinstance(sent, dict) else sent
         answer = {"data": {"items": [{"attributes": {"answer": f"{self.name}: {prompt}"}}]}}
         return web.json_response(answer)
+
+
+def vllm_metrics(running: int = 0, waiting: int = 0, kv: float = 0.0) -> str:
+    """A vLLM /metrics page (the gauges the gateway reads, among others it skips)."""
+    labels = '{engine="0",model_name="m"}'
+    return (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{labels} {running}.0\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{labels} {waiting}.0\n"
+        "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+        f"vllm:gpu_cache_usage_perc{labels} {kv}\n"
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        f"vllm:prompt_tokens_total{labels} 12345.0\n"
+    )
 
 
 def reply_pieces(name: str, prompt: str) -> list[str]:
@@ -95,6 +131,8 @@ class ProtocolWorker:
     chunk_delay_s: float = 0.0
     die_after: int | None = None
     status: int = 200
+    error_message: str = ""  # the message of an error answer (default "<name> failed")
+    metrics: str | None = None  # served at GET /metrics (openai only)
     models: list[str] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     url: str = ""
@@ -105,6 +143,7 @@ class ProtocolWorker:
     async def start(self) -> None:
         app = web.Application()
         if self.protocol == "openai":
+            app.router.add_get("/metrics", self._metrics)
             app.router.add_post("/v1/chat/completions", self._openai_chat)
             app.router.add_post("/v1/completions", self._openai_completion)
             app.router.add_post("/v1/embeddings", self._openai_embeddings)
@@ -178,10 +217,14 @@ class ProtocolWorker:
 
     def _error(self) -> web.Response | None:
         if self.status >= 400:
-            return web.json_response(
-                {"error": {"message": f"{self.name} failed"}}, status=self.status
-            )
+            message = self.error_message or f"{self.name} failed"
+            return web.json_response({"error": {"message": message}}, status=self.status)
         return None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics is None:
+            return web.Response(status=404, text="404: Not Found")
+        return web.Response(text=self.metrics, content_type="text/plain")
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         sent = await self._record(request)

@@ -85,7 +85,7 @@ def measure(label: str, count: int, models: int) -> PickResult:
 
 
 def _pick_ns(router: Router) -> float:
-    """Return ns per `pool(MODEL).candidates(3)` over one bounded repetition."""
+    """Return ns per `pool(MODEL).candidates("chat", 3)` over one bounded repetition."""
     clock = time.perf_counter_ns
     picks = 0
     started = clock()
@@ -94,7 +94,7 @@ def _pick_ns(router: Router) -> float:
         for _ in range(100):
             pool = router.pool(MODEL)
             assert pool is not None
-            pool.candidates(3)
+            pool.candidates("chat", 3)
         picks += 100
         if clock() >= deadline:
             break

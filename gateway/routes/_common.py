@@ -8,12 +8,14 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway.affinity import affinity_of
 from gateway.calls import Call
-from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, UnknownModel, invalid
+from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, invalid, unknown_model
 from gateway.failover import Answer
-from gateway.observe import note_model, note_worker
+from gateway.fallback import Served
+from gateway.observe import note_model, note_served, note_worker
 from gateway.pool import Pool
-from gateway.state import FAILOVER, ROUTER
+from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
 from templates.codecs import StreamEncoder
 
@@ -75,9 +77,19 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def find_pool(request: web.Request, model: str) -> Pool:
-    """Return the model's pool, or raise 404 (unknown) / 503 (registry not loaded yet)."""
+async def complete(request: web.Request, model: str, call: Call) -> Answer:
+    """Get a whole answer for `call` from `model` (or what stands in for it: an alias's
+    choice, a fallback), noting who answered for the access log and X-Gateway-Model."""
     note_model(request, model)
+    served = await request.app[DISPATCHER].complete(model, call, affinity_of(request, call))
+    answer = served.result
+    note_served(request, served.model)
+    note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
+    return answer
+
+
+def find_pool(request: web.Request, model: str) -> Pool:
+    """Return the model's own pool (no alias, no fallback), or raise 404 / 503."""
     router = request.app[ROUTER]
     pool = router.pool(model)
     if pool is not None:
@@ -87,15 +99,15 @@ def find_pool(request: web.Request, model: str) -> Pool:
             f"the registry is not loaded yet ({router.reason}); retry shortly",
             headers={"Retry-After": "1"},
         )
-    raise UnknownModel(
-        f"no worker is registered for model {model!r}; "
-        "GET /api/server/workers (or /v1/models, /api/tags) lists the registered models"
-    )
+    raise unknown_model(model, router.models())
 
 
-def note_answer(request: web.Request, answer: Answer) -> None:
-    """Record which worker answered, after how many tries, for the access log."""
-    note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
+async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream]:
+    """Start a streamed answer for `call` from `model` (or what stands in for it)."""
+    note_model(request, model)
+    served = await request.app[DISPATCHER].open_stream(model, call, affinity_of(request, call))
+    note_served(request, served.model)
+    return served
 
 
 async def answer(
@@ -106,16 +118,13 @@ async def answer(
     encoder: Callable[[], StreamEncoder] | None = None,
 ) -> web.StreamResponse:
     """Answer `call` whole (the worker's own JSON, or `whole` of the answer) or as a stream."""
-    pool = find_pool(request, model)
-    failover = request.app[FAILOVER]
     if not call.stream or encoder is None:
-        result = await failover.complete(pool, call)
-        note_answer(request, result)
+        result = await complete(request, model, call)
         if result.raw is not None:
             return web.Response(body=result.raw, content_type="application/json")
         return json_response(whole(result))
-    stream = await failover.open_stream(pool, call)
-    return await relay(request, stream, encoder())
+    served = await open_stream(request, model, call)
+    return await relay(request, served.result, encoder())
 
 
 async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) -> web.StreamResponse:

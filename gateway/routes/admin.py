@@ -79,9 +79,11 @@ async def workers(request: web.Request) -> web.Response:
             "probe_since": stats.active_since,
             "probe_reason": stats.active_reason,
             "ejected_for_s": round(ejected_for_s, 3),
+            "load": stats.report.model_dump() if stats.report is not None else None,
         }
         entry["stats"] = {
             "in_flight": stats.in_flight,
+            "load": stats.load(),
             "successes": stats.successes,
             "failures": stats.failures,
             "consecutive_failures": stats.consecutive_failures,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.calls import Call
 from gateway.endpoints import Routes
-from gateway.errors import InvalidRequest, UnknownModel
+from gateway.errors import InvalidRequest, unknown_model
 from gateway.failover import Answer
 from gateway.observe import REQUEST_ID
 from gateway.routes._common import answer, json_response, parse, parse_with_raw
@@ -132,7 +132,7 @@ async def show(request: web.Request) -> web.Response:
         raise InvalidRequest('show request needs "model"')
     workers = _workers(request, name)
     if not workers:
-        raise UnknownModel(f"model {name!r} not found; GET /api/tags lists the models")
+        raise unknown_model(name, request.app[ROUTER].models(), lead=f"model {name!r} not found")
     capabilities = ["completion"]
     if any("embedding" in w.plan.operations for w in workers):
         capabilities.append("embedding")

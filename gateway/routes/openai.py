@@ -15,10 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.calls import Call
 from gateway.endpoints import Routes
-from gateway.errors import UnknownModel
 from gateway.failover import Answer
 from gateway.observe import REQUEST_ID
-from gateway.routes._common import answer, json_response, parse_with_raw
+from gateway.routes._common import answer, find_pool, json_response, parse_with_raw
 from gateway.state import ROUTER
 from templates.codecs import embeddings, openai_chat, openai_completions
 from templates.conversation import Reply
@@ -93,8 +92,7 @@ async def models(request: web.Request) -> web.Response:
 async def model(request: web.Request) -> web.Response:
     """Describe one model: when its first worker was registered and by whom."""
     name = request.match_info["model"]
-    if request.app[ROUTER].pool(name) is None:
-        raise UnknownModel(f"no model {name!r}; GET /v1/models lists the models")
+    find_pool(request, name)  # 404 naming the models there are
     return json_response(_model_entry(request, name))
 
 

@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.calls import Call
 from gateway.endpoints import Routes
 from gateway.observe import REQUEST_ID
-from gateway.routes._common import find_pool, json_response, note_answer, parse
-from gateway.state import FAILOVER, SETTINGS
+from gateway.routes._common import complete, json_response, parse
+from gateway.state import SETTINGS
 from templates.conversation import Conversation, Message, Params
 
 routes = Routes("seed")
@@ -40,7 +40,6 @@ async def chat(request: web.Request) -> web.Response:
     """Send `input` to a worker of `model_name` and answer with the extracted text."""
     body = await parse(request, SeedChatRequest, "chat request")
     app = request.app
-    pool = find_pool(request, body.model_name)
     temperature = body.temperature
     if temperature is None:
         temperature = app[SETTINGS].default_temperature
@@ -53,7 +52,6 @@ async def chat(request: web.Request) -> web.Response:
         decode=lambda: conversation,
         request_id=request[REQUEST_ID],
     )
-    answer = await app[FAILOVER].complete(pool, call)
-    note_answer(request, answer)
+    answer = await complete(request, body.model_name, call)
     text = answer.reply.text if answer.reply is not None else ""
     return json_response({"success": True, "msg": "execute succeed", "result": text})

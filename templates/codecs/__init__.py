@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from templates.codecs import embeddings, ollama, openai_chat, openai_completions
+from templates.codecs import anthropic, embeddings, ollama, openai_chat, openai_completions
 from templates.codecs._common import StreamEncoder
 from templates.codecs.embeddings import EmbeddingRequest, Embeddings
 from templates.codecs.template import TemplateAnswers
@@ -59,6 +59,9 @@ _WORKER: dict[tuple[str, str], Codec] = {
         ollama.decode_generate_answer,
         lambda: ollama.chunk_decoder("generate"),
     ),
+    ("anthropic", "chat"): WorkerCodec(
+        anthropic.encode_request, anthropic.decode_answer, anthropic.chunk_decoder
+    ),
     ("ollama", "embedding"): EmbeddingCodec(
         embeddings.encode_ollama, embeddings.decode_ollama_answer
     ),
@@ -78,6 +81,7 @@ __all__ = [
     "StreamEncoder",
     "TemplateAnswers",
     "WorkerCodec",
+    "anthropic",
     "embeddings",
     "ollama",
     "openai_chat",

@@ -17,7 +17,7 @@ from typing import Any
 
 from templates.errors import TemplateError
 
-PROTOCOLS = ("openai", "ollama")
+PROTOCOLS = ("openai", "ollama", "anthropic")
 
 
 @cache

@@ -241,3 +241,86 @@ async def test_admin_routes_take_json_types_and_bodiless_requests(
             headers={"Content-Type": "text/plain"},
         )
         assert seed.status_code == 200 and seed.json()["result"] == "w: hi"
+
+
+async def test_the_gateways_own_page_may_post_when_its_host_is_trusted(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory
+) -> None:
+    # The dashboard (/ui) sends its Origin, the Host it was loaded from, with each POST.
+    gateway = await make_gateway(allowed_hosts="gateway.lan")
+    worker = await make_worker(name="w")
+    async with gateway.client() as http:
+        for host, model in (("127.0.0.1:8007", "a"), ("localhost:8007", "b"), ("gateway.lan", "c")):
+            reply = await http.post(
+                "/api/server/register",
+                json=seed_registration(model, worker),
+                headers={"Host": host, "Origin": f"http://{host}"},
+            )
+            assert reply.status_code == 200, (host, reply.text)
+        behind_tls = await http.post(
+            "/api/server/offline",
+            json={"model_name": "c", "req_url_template": f"{worker.url}/api/generate"},
+            headers={"Host": "gateway.lan", "Origin": "https://gateway.lan"},
+        )
+        assert behind_tls.status_code == 200, behind_tls.text
+        # Same-origin by name is not enough: a page on another port is another site.
+        other_port = await http.post(
+            "/api/server/register",
+            json=seed_registration("d", worker),
+            headers={"Host": "localhost:8007", "Origin": "http://localhost:3000"},
+        )
+        assert other_port.status_code == 403
+        # A same-origin page still sends JSON bodies only.
+        text = await http.post(
+            "/api/server/register",
+            content=text_body(worker, "e"),
+            headers={"Host": "localhost:8007", "Origin": "http://localhost:8007"},
+        )
+        assert text.status_code == 415
+        assert sorted(w["model_name"] for w in await workers(http)) == ["a", "b"]
+
+
+async def test_a_rebound_page_is_same_origin_with_itself_and_still_refused_on_open_routes(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory
+) -> None:
+    # Bound to all interfaces, open: Host is not checked, so a rebound page's own name (it is
+    # same-origin with itself) must not open the registry.
+    gateway = await make_gateway(host="0.0.0.0")
+    worker = await make_worker(name="w")
+    rebound = {"Host": "rebound.evil.example:8007", "Origin": "http://rebound.evil.example:8007"}
+    async with gateway.client() as http:
+        reply = await http.post(
+            "/api/server/register", json=seed_registration("m", worker), headers=rebound
+        )
+        assert reply.status_code == 403
+        assert "allowed_origins" in reply.json()["msg"] and "admin_token" in reply.json()["msg"]
+        chat = await http.post(
+            "/api/v1/chat/completions", json={"input": "x", "model_name": "m"}, headers=rebound
+        )
+        assert chat.status_code == 403
+        assert await workers(http) == []
+
+
+async def test_with_an_admin_token_a_same_origin_page_gets_to_the_token_check(
+    make_gateway: GatewayFactory, make_worker: WorkerFactory
+) -> None:
+    gateway = await make_gateway(host="0.0.0.0", admin_token=ADMIN)
+    worker = await make_worker(name="w")
+    page = {"Host": "gateway.example.com", "Origin": "https://gateway.example.com"}
+    async with gateway.client() as http:
+        anonymous = await http.post(
+            "/api/server/register", json=seed_registration("m", worker), headers=page
+        )
+        assert anonymous.status_code == 401  # a rebound page has no token to send
+        signed = await http.post(
+            "/api/server/register",
+            json=seed_registration("m", worker),
+            headers={**page, "Authorization": f"Bearer {ADMIN}"},
+        )
+        assert signed.status_code == 200, signed.text
+        # Inference is open here (no require_api_keys): a page by that name may not use it.
+        chat = await http.post(
+            "/api/v1/chat/completions", json={"input": "x", "model_name": "m"}, headers=page
+        )
+        assert chat.status_code == 403
+    assert worker.count == 0

@@ -183,3 +183,26 @@ def test_invalid_setting_exits_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_serve_refuses_a_config_file_with_a_bad_worker_naming_file_and_variable(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[[workers]]\nmodel_name = "gpt"\npreset = "openai"\n'
+        'req_url_template = "https://api.openai.com/v1"\n'
+        'header = { Authorization = "Bearer ${UNSET_FOR_THIS_TEST}" }\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert str(config) in result.stderr
+    assert "workers[0] (model_name 'gpt')" in result.stderr
+    assert "UNSET_FOR_THIS_TEST is not set" in result.stderr

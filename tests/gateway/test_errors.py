@@ -89,7 +89,41 @@ async def test_invalid_registration_is_422_and_changes_nothing(
 
 
 async def test_unknown_model_is_404(client: httpx.AsyncClient) -> None:
-    assert_seed_error(await chat(client, input="x", model_name="ghost"), 404, "ghost")
+    assert_seed_error(
+        await chat(client, input="x", model_name="ghost"), 404, "ghost", "nor for any other"
+    )
+
+
+async def test_unknown_model_404_names_the_registered_models_closest_first(
+    client: httpx.AsyncClient, make_worker: WorkerFactory
+) -> None:
+    worker = await make_worker()
+    for model in ("mistral", "llama-3-8b", "qwen"):
+        assert (await register(client, seed_registration(model, worker))).status_code == 200
+
+    reply = await chat(client, input="x", model_name="llama3-8b")
+    assert_seed_error(reply, 404, "'llama3-8b'", "did you mean 'llama-3-8b'?")
+    listed = reply.json()["msg"].split("registered models: ")[1]
+    assert listed.index("'llama-3-8b'") < listed.index("'mistral'") < listed.index("'qwen'")
+
+    openai = await client.post(
+        "/v1/chat/completions",
+        json={"model": "QWEN", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert openai.status_code == 404
+    assert "did you mean 'qwen'?" in openai.json()["error"]["message"]
+
+
+async def test_unknown_model_404_caps_the_list_of_models(
+    client: httpx.AsyncClient, make_worker: WorkerFactory
+) -> None:
+    worker = await make_worker()
+    for index in range(14):
+        body = seed_registration(f"model-{index:02d}", worker)
+        assert (await register(client, body)).status_code == 200
+    reply = await chat(client, input="x", model_name="unrelated")
+    assert_seed_error(reply, 404, "and 4 more")
+    assert reply.json()["msg"].count("'model-") == 10
 
 
 async def test_offline_of_unknown_worker_is_404(client: httpx.AsyncClient) -> None:

@@ -31,7 +31,7 @@ KINDS = ("openai", "ollama", "template", "template-stream")
 
 
 def registration(kind: str, server: ModelServer) -> dict[str, Any]:
-    if kind in ("openai", "ollama"):
+    if kind in ("openai", "ollama", "anthropic"):
         return {"model_name": kind, "req_url_template": server.base_url, "preset": kind}
     streams = kind == "template-stream"
     body: dict[str, Any] = {

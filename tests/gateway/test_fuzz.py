@@ -130,6 +130,7 @@ def bases(worker: FakeWorker) -> dict[str, dict[str, Any]]:
         "/api/server/register": register,
         "/api/server/offline": {"model_name": "ghost", "req_url_template": "http://127.0.0.1:9/x"},
         "/api/server/keys": {"name": "k", "requests_per_minute": 100},
+        "/api/server/models/{name}": {"fallbacks": ["oa"], "balancing": "prefix"},
         "/api/v1/chat/completions": {"input": "hi", "model_name": "seed-m"},
         "/v1/chat/completions": {"model": "oa", "messages": msgs},
         "/v1/completions": {"model": "oa", "prompt": "hi"},
@@ -148,7 +149,15 @@ def mutations(base: dict[str, Any], rng: random.Random) -> Iterator[tuple[str, A
         yield f"without {key}", {k: v for k, v in base.items() if k != key}
         yield f"{key} nested 99", {**base, key: nested(99)}
         yield f"{key} nested 150", {**base, key: nested(150)}
-    for key in ("model", "model_name", "input", "prompt", "req_url_template", "response_extract"):
+    for key in (
+        "model",
+        "model_name",
+        "input",
+        "prompt",
+        "req_url_template",
+        "response_extract",
+        "fallbacks",
+    ):
         if key in base:
             for text in STRINGS:
                 yield f"{key}={text[:20]!r}", {**base, key: text}
@@ -177,14 +186,19 @@ def mutations(base: dict[str, Any], rng: random.Random) -> Iterator[tuple[str, A
         yield "random field", mixed
 
 
+def concrete(path: str) -> str:
+    """A catalogue path with its parameters filled in."""
+    return path.replace("{key_id}", "0123456789abcdef").replace("{name}", "fuzz-model")
+
+
 def cases(gateway: Gateway, worker: FakeWorker) -> list[Case]:
     rng = random.Random(SEED)
     found: list[Case] = []
     body_bases = bases(worker)
     catalogue = list(gateway.app[CATALOGUE])
-    paths = sorted({e.path.replace("{key_id}", "0123456789abcdef") for e in catalogue})
+    paths = sorted({concrete(e.path) for e in catalogue})
     for endpoint in catalogue:
-        path = endpoint.path.replace("{key_id}", "0123456789abcdef")
+        path = concrete(endpoint.path)
         method = endpoint.method
         json_type = "application/json"
         base = body_bases.get(endpoint.path)
@@ -225,6 +239,12 @@ def cases(gateway: Gateway, worker: FakeWorker) -> list[Case]:
         found.append(Case("GET", f"/api/server/workers?{query}", None, None, "query"))
     for key_id in ("x", "0" * 16, "%00", "..%2F..", "a" * 3000, "%C3%A9", "0123456789ABCDEF"):
         found.append(Case("DELETE", f"/api/server/keys/{key_id}", None, None, "key id"))
+    for name in ("%00", "%20padded", "a%0Ab", "x" * 300, "..%2F..", "a/b/c", "%C3%A9", "%FF"):
+        for method in ("GET", "PUT", "DELETE"):
+            body = orjson.dumps({"fallbacks": ["oa"]}) if method == "PUT" else None
+            found.append(
+                Case(method, f"/api/server/models/{name}", body, "application/json", "name")
+            )
     for header in ("X-Request-ID", "Authorization", "Content-Length", "Transfer-Encoding"):
         for value in ("", "x" * 4000, "Bearer", "Bearer \tx", "-1", "chunked, gzip", "é"):
             found.append(
@@ -247,6 +267,7 @@ async def snapshot(redis: Redis, prefix: str) -> tuple[Any, ...]:
     return (
         sorted((await redis.hgetall(f"{tag}:workers")).items()),
         sorted(await redis.hkeys(f"{tag}:apikeys")),
+        sorted((await redis.hgetall(f"{tag}:models")).items()),
     )
 
 
@@ -254,8 +275,8 @@ WRITES = {"/api/server/register", "/api/server/offline", "/api/server/keys"}
 
 
 def is_write(case: Case) -> bool:
-    return case.method in ("POST", "DELETE") and (
-        case.path in WRITES or case.path.startswith("/api/server/keys/")
+    return case.method in ("POST", "DELETE", "PUT") and (
+        case.path in WRITES or case.path.startswith(("/api/server/keys/", "/api/server/models/"))
     )
 
 

@@ -453,9 +453,9 @@ class BannerServer:
     def stop(self) -> None:
         self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the thread (Linux)
         self.listener.close()
+        self._thread.join(5)  # first: the thread may be about to keep one more connection
         for conn in self.accepted:
             conn.close()
-        self._thread.join(5)
 
 
 async def fail_twenty_times_then_serve(url: str) -> list[BaseException]:

@@ -5,12 +5,16 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from gateway.router import Router
 from registry import (
     Change,
     DuplicateWorker,
     Follower,
     Health,
+    ModelRecord,
+    ModelSettings,
     RegistryStore,
+    UnknownModelSettings,
     UnknownWorker,
     WorkerRecord,
     WorkerSpec,
@@ -31,7 +35,13 @@ class ListSink:
         self.loads = 0
         self.connected = False
 
-    def load(self, version: int, records: list[WorkerRecord], health: dict[str, Health]) -> None:
+    def load(
+        self,
+        version: int,
+        records: list[WorkerRecord],
+        health: dict[str, Health],
+        models: list[ModelRecord],
+    ) -> None:
         self.version = version
         self.records = {r.id: r for r in records}
         self.loads += 1
@@ -58,7 +68,8 @@ async def test_writes_bump_the_version_and_update_the_model_index(
     gone = await store.delete("m", "http://a/x")
     assert gone.v == 3 and gone.op == "del"
     assert await redis.smembers(store.keys.model("m")) == {second.id.encode()}
-    version, records, health = await store.snapshot()
+    version, records, health, models = await store.snapshot()
+    assert models == []
     assert health == {}
     assert version == 3
     assert [r.req_url_template for r in records] == ["http://b/x"]
@@ -129,6 +140,40 @@ async def test_follower_resyncs_when_it_missed_events(redis: Redis, key_prefix: 
         await redis.incr(store.keys.version)
         await wait_for(lambda: lost.id in sink.records)
         assert sink.version == 1 and sink.loads == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_model_settings_share_the_version_and_reach_followers_as_events(
+    redis: Redis, key_prefix: str
+) -> None:
+    store = RegistryStore(redis, key_prefix)
+    router = Router()
+    follower = Follower(store, router, check_interval_s=0.2)
+    task = asyncio.create_task(follower.run())
+    name = 'org/"quoted" \\ name'  # quotes and backslashes must survive the event's JSON
+    try:
+        await wait_for(lambda: router.loaded)
+        await store.put(record(model=name), replace=False)
+        settings = ModelSettings(balancing="prefix", fallbacks=["other"])
+        change = await store.put_model(ModelRecord(name=name, settings=settings))
+        assert change.v == 2
+        await wait_for(lambda: router.version == 2)
+        assert router.settings_of(name) == settings
+        assert router.source_of(name) == "api"
+        pool = router.pool(name)
+        assert pool is not None and type(pool.balancer).__name__ == "PrefixAffinity"
+
+        gone = await store.delete_model(name)
+        await wait_for(lambda: router.version == gone.v)
+        assert router.settings_of(name) is None
+        assert type(pool.balancer).__name__ == "RoundRobin"
+        with pytest.raises(UnknownModelSettings):
+            await store.delete_model(name)
+        assert router.version == await store.version()
+        snapshot = await store.snapshot()
+        assert snapshot.models == [] and snapshot.version == 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -111,7 +111,7 @@ async def test_offline_and_heartbeat_by_another_url_form(redis: Redis, key_prefi
     assert await store.heartbeat("m", "http://h:8000/v1/models") == 30.0
     gone = await store.delete("m", "http://h:8000/v1/")
     assert gone.id == registered.id
-    _, records, _ = await store.snapshot()
+    records = (await store.snapshot()).records
     assert records == []
     with pytest.raises(UnknownWorker):
         await store.delete("m", "http://h:8000/v1/embeddings")
@@ -134,5 +134,5 @@ async def test_another_form_never_names_a_worker_of_another_kind(
     # The exact URL is the identity first: it names the template worker.
     assert (await store.delete("m", "http://h:8000/v1")).id == template.id
     assert (await store.delete("m", "http://h:8000/v1/x/api/chat")).id == ollama.id
-    _, records, _ = await store.snapshot()
+    records = (await store.snapshot()).records
     assert records == []
