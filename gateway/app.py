@@ -30,6 +30,7 @@ from gateway.router import Router
 from gateway.routes import (
     admin,
     anthropic,
+    assistants,
     dashboard,
     keys,
     meta,
@@ -38,13 +39,16 @@ from gateway.routes import (
     openai,
     probes,
     responses,
+    runs,
     seed,
     ui,
 )
+from gateway.runs import Runner
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
     API_KEYS,
+    ASSISTANTS,
     CATALOGUE,
     DISPATCHER,
     FAILOVER,
@@ -55,6 +59,7 @@ from gateway.state import (
     REDIS,
     RESPONSES,
     ROUTER,
+    RUNS,
     SESSION,
     SETTINGS,
     STORE,
@@ -64,6 +69,8 @@ from gateway.worker import Ejection
 from registry import (
     REDIS_ERRORS,
     ApiKeyStore,
+    AssistantLimits,
+    AssistantStore,
     EmbeddedRedis,
     Follower,
     RegistryStore,
@@ -120,6 +127,8 @@ def create_app(settings: Settings) -> web.Application:
         anthropic.routes,
         responses.routes,
         ollama.routes,
+        assistants.routes,
+        runs.routes,
         probes.routes,
         meta.routes,
         dashboard.routes,
@@ -136,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
             _redis_server,
             _redis_client,
             _upstream,
+            _assistants,
             _config_workers,
             _follower,
             _health_checker,
@@ -305,6 +315,23 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     finally:
         await client.close()
         await session.close()
+
+
+async def _assistants(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    limits = AssistantLimits(
+        ttl_s=settings.assistants_ttl_s,
+        max_assistants=settings.assistants_max_per_key,
+        max_messages=settings.assistants_max_messages,
+        max_message_bytes=settings.assistants_max_message_bytes,
+        max_thread_bytes=settings.assistants_max_thread_bytes,
+    )
+    store = app[ASSISTANTS] = AssistantStore(app[REDIS], settings.key_prefix, limits)
+    runner = app[RUNS] = Runner(store, app[FAILOVER], request_timeout_s=settings.request_timeout_s)
+    try:
+        yield
+    finally:
+        await runner.close()  # before the Redis client closes: each run stores how it ended
 
 
 @contextlib.asynccontextmanager

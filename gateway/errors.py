@@ -223,6 +223,12 @@ _REGISTRY: dict[type[registry.RegistryError], type[GatewayError]] = {
     registry.UnknownApiKey: UnknownKey,
     registry.UnknownModelSettings: UnknownModel,
     registry.StoreUnavailable: StoreUnavailable,
+    registry.NotStored: NotFound,
+    registry.ThreadBusy: Conflict,
+    registry.RunChanged: Conflict,
+    registry.StorageFull: Conflict,
+    registry.MessageTooLarge: PayloadTooLarge,
+    registry.UnknownCursor: InvalidRequest,
 }
 
 

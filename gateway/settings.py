@@ -128,6 +128,13 @@ class Settings(BaseModel):
     max_header_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8190
     max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
 
+    # The Assistants API's state in Redis (docs/api.md#assistants).
+    assistants_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
+    assistants_max_per_key: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    assistants_max_messages: Annotated[int, Field(ge=2, le=100_000)] = 1000
+    assistants_max_message_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    assistants_max_thread_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+
     # Observability.
     access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
     metrics_multiproc_dir: Path | None = None

@@ -13,8 +13,9 @@ from gateway.http1 import Client
 from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.router import Router
+from gateway.runs import Runner
 from gateway.settings import Settings
-from registry import ApiKeyStore, Follower, RegistryStore
+from registry import ApiKeyStore, AssistantStore, Follower, RegistryStore
 from registry.responses import ResponseStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,12 +31,15 @@ HEALTH = web.AppKey("health", HealthChecker)
 METRICS = web.AppKey("metrics", Metrics)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 API_KEYS = web.AppKey("api_keys", ApiKeyStore)
+ASSISTANTS = web.AppKey("assistants", AssistantStore)
+RUNS = web.AppKey("runs", Runner)
 RESPONSES = web.AppKey("responses", ResponseStore)
 LIVE = web.AppKey("live", Live)
 
 __all__ = [
     "ALLOWLIST",
     "API_KEYS",
+    "ASSISTANTS",
     "CATALOGUE",
     "DISPATCHER",
     "FAILOVER",
@@ -45,6 +49,7 @@ __all__ = [
     "METRICS",
     "REDIS",
     "ROUTER",
+    "RUNS",
     "SESSION",
     "SETTINGS",
     "STORE",

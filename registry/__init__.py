@@ -1,14 +1,32 @@
 """The worker registry: records, validation, the Redis store and its change events."""
 
 from registry.apikeys import Admission, ApiKey, ApiKeyStore, NewApiKey, hash_key
+from registry.assistant_models import (
+    ACTIVE,
+    WAITING,
+    AssistantRecord,
+    LastError,
+    MessageRecord,
+    RunRecord,
+    RunUsage,
+    ThreadRecord,
+    new_id,
+)
+from registry.assistants import AssistantLimits, AssistantStore, valid_id
 from registry.connect import check_url, connect
 from registry.embedded import EmbeddedRedis, EmbeddedRedisError
 from registry.errors import (
     DuplicateWorker,
     ManagedWorker,
+    MessageTooLarge,
+    NotStored,
     RegistryError,
+    RunChanged,
+    StorageFull,
     StoreUnavailable,
+    ThreadBusy,
     UnknownApiKey,
+    UnknownCursor,
     UnknownModelSettings,
     UnknownWorker,
 )
@@ -36,13 +54,18 @@ from registry.store import REDIS_ERRORS, RegistryStore, Snapshot
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
+    "ACTIVE",
     "REDIS_ERRORS",
     "TRIGGERS",
+    "WAITING",
     "Admission",
     "AliasTarget",
     "ApiKey",
     "ApiKeyStore",
     "Applied",
+    "AssistantLimits",
+    "AssistantRecord",
+    "AssistantStore",
     "Balancing",
     "Change",
     "DuplicateWorker",
@@ -50,19 +73,30 @@ __all__ = [
     "EmbeddedRedisError",
     "Follower",
     "Health",
+    "LastError",
     "Lease",
     "Load",
     "ManagedWorker",
+    "MessageRecord",
+    "MessageTooLarge",
     "ModelRecord",
     "ModelSettings",
     "NewApiKey",
+    "NotStored",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "RunChanged",
+    "RunRecord",
+    "RunUsage",
     "Snapshot",
+    "StorageFull",
     "StoreUnavailable",
+    "ThreadBusy",
+    "ThreadRecord",
     "Trigger",
     "UnknownApiKey",
+    "UnknownCursor",
     "UnknownModelSettings",
     "UnknownWorker",
     "ViewSink",
@@ -74,5 +108,7 @@ __all__ = [
     "check_url",
     "connect",
     "hash_key",
+    "new_id",
     "pause",
+    "valid_id",
 ]

@@ -81,3 +81,27 @@ class Keys:
         """String: a stored Responses-API response (JSON: owner, response, input, history),
         expiring after `responses_ttl_s`."""
         return f"{self._tag}:response:{response_id}"
+
+    # The Assistants API's state (registry/assistants.py). `owner` is the API key's id, or
+    # "open" when keys are not required; ids in key names are checked by the caller.
+
+    def assistants(self, owner: str) -> str:
+        """Hash: assistant id -> assistant (JSON), and `seq`, the owner's counter."""
+        return f"{self._tag}:assistants:{owner}"
+
+    def assistant_order(self, owner: str) -> str:
+        """Sorted set: the owner's assistant ids, scored by creation (`seq`)."""
+        return f"{self._tag}:assistant-order:{owner}"
+
+    def thread(self, owner: str, thread_id: str) -> str:
+        """Hash: `thread` (JSON), `seq`, `bytes`, `active` and `active_until` (the run in
+        progress and its deadline, ms), `m:<id>` per message and `r:<id>` per run (JSON)."""
+        return f"{self._tag}:thread:{owner}:{thread_id}"
+
+    def thread_messages(self, owner: str, thread_id: str) -> str:
+        """Sorted set: the thread's message ids, scored by their place in it."""
+        return f"{self._tag}:thread-messages:{owner}:{thread_id}"
+
+    def thread_runs(self, owner: str, thread_id: str) -> str:
+        """Sorted set: the thread's run ids, scored by creation."""
+        return f"{self._tag}:thread-runs:{owner}:{thread_id}"
