@@ -6,12 +6,13 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import aiohttp
 from aiohttp import web
 
 from gateway import openapi
+from gateway.accounting import accounting
 from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
@@ -26,7 +27,18 @@ from gateway.http1 import Client
 from gateway.metrics import Metrics
 from gateway.observe import add_request_id, observe_middleware
 from gateway.router import Router
-from gateway.routes import admin, anthropic, keys, meta, models, ollama, openai, probes, seed
+from gateway.routes import (
+    admin,
+    anthropic,
+    keys,
+    meta,
+    models,
+    ollama,
+    openai,
+    probes,
+    seed,
+    usage,
+)
 from gateway.settings import Settings
 from gateway.state import (
     ALLOWLIST,
@@ -44,6 +56,7 @@ from gateway.state import (
     STORE,
     UPSTREAM,
 )
+from gateway.tracing import TRACING, start_tracing
 from gateway.worker import Ejection
 from registry import (
     REDIS_ERRORS,
@@ -55,6 +68,9 @@ from registry import (
     pause,
 )
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 log = logging.getLogger(__name__)
 
 _REDIS_URL = web.AppKey("redis_url", str)
@@ -64,18 +80,26 @@ EMBEDDED_REDIS = web.AppKey("embedded_redis", EmbeddedRedis)
 _EMBEDDED_WATCH_S = 0.5
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, *, tracer_provider: "TracerProvider | None" = None
+) -> web.Application:
     """Return the gateway application for `settings`; resources start with the app.
 
-    Raises MetricsConfigError when multiprocess metrics are set up wrongly.
+    `tracer_provider`: an OpenTelemetry provider to make spans with (otherwise one is made
+    when `otel_enabled`). Raises MetricsConfigError when multiprocess metrics are set up
+    wrongly, RuntimeError when tracing is on without the SDK.
     """
+    tracing = start_tracing(settings, tracer_provider)
     # Outermost first: observe sees every answer (errors rendered by error_middleware, which
     # also renders the 403/415 of the browser guard and the 401/403/429 of access_middleware).
     # The browser guard comes before access control: a page's request is refused before it
     # costs a key lookup or a rate-limit slot, and whatever the credentials.
+    # Traced requests: the span sees the answer as error_middleware rendered it.
+    traced = [tracing.middleware()] if tracing is not None else []
     app = web.Application(
         middlewares=[
             observe_middleware,
+            *traced,
             error_middleware,
             browser_guard(settings),
             access_middleware,
@@ -83,6 +107,9 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
+    if tracing is not None:
+        app[TRACING] = tracing
+        app.on_cleanup.append(_stop_tracing)
     router = app[ROUTER] = Router(
         settings.balancing, settings.max_queued_per_model, models=settings.models
     )
@@ -96,6 +123,7 @@ def create_app(settings: Settings) -> web.Application:
         admin.routes,
         models.routes,
         keys.routes,
+        usage.routes,
         seed.routes,
         openai.routes,
         anthropic.routes,
@@ -113,6 +141,7 @@ def create_app(settings: Settings) -> web.Application:
             _metrics,
             _redis_server,
             _redis_client,
+            accounting,
             _upstream,
             _config_workers,
             _follower,
@@ -121,6 +150,10 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     return app
+
+
+async def _stop_tracing(app: web.Application) -> None:
+    await asyncio.to_thread(app[TRACING].shutdown)  # exports the spans still held
 
 
 class ServerOptions(TypedDict):

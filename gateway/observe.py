@@ -44,6 +44,12 @@ class Trace:
     tries: int | None = None
     upstream_s: float | None = None
     key_id: str | None = None  # the API key's id (never the key)
+    metered: bool = False  # the key has token limits or a budget: charged when the request ends
+    # What the answer used (gateway/accounting.py), summed if a request had several.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    cost: float = 0.0
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -156,6 +162,9 @@ def _log(request: web.Request, trace: Trace, route: str, status: int, seconds: f
         "upstream_ms": round(trace.upstream_s * 1000, 1) if trace.upstream_s is not None else None,
         "tries": trace.tries,
         "key_id": trace.key_id,
+        "prompt_tokens": trace.prompt_tokens if trace.worker is not None else None,
+        "completion_tokens": trace.completion_tokens if trace.worker is not None else None,
+        "estimated": trace.estimated if trace.worker is not None else None,
         "error": error.code if error is not None else None,
     }
     access_log.info(orjson.dumps(line).decode())
