@@ -18,8 +18,8 @@ import pytest
 from gateway.accounting import ACCOUNTANT
 from gateway.state import ROUTER
 from tests.conftest import Gateway, GatewayFactory
-from tests.gateway.test_health import until
 from tests.gateway.test_fidelity import registration
+from tests.gateway.test_health import until
 from tests.model_server import ModelServer, answer_words
 
 KINDS = ("openai", "ollama", "anthropic", "template", "template-stream")
