@@ -56,17 +56,11 @@ def _object_after(raw: bytes, name: bytes) -> dict[str, Any] | None:
     if start < 0 or raw[at + len(name) : start].strip(b" \t\r\n:"):
         return None
     # Usage objects hold numbers and objects of numbers: braces in strings cannot occur.
-    depth, i = 0, start
-    while True:
-        opening, closing = raw.find(b"{", i), raw.find(b"}", i)
-        if closing < 0:
-            return None
-        if 0 <= opening < closing:
-            depth, i = depth + 1, opening + 1
-            continue
-        depth, i = depth - 1, closing + 1
-        if depth == 0:
-            break
+    i = raw.find(b"}", start) + 1
+    while i and raw.count(b"{", start, i) != raw.count(b"}", start, i):
+        i = raw.find(b"}", i) + 1
+    if not i:
+        return None
     try:
         doc = orjson.loads(raw[start:i])
     except orjson.JSONDecodeError:

@@ -29,6 +29,8 @@ _DIMENSIONS = ("key", "model", "worker", "estimated")
 _UNITS: dict[str, Unit] = {"minute": "m", "hour": "h", "day": "d"}
 _MAX_BUCKETS = 10_000
 _DEFAULT_RANGE_S = 86_400
+_AHEAD_S = 3600  # clocks of replicas differ a little
+_LATEST_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 class UsageReport(BaseModel):
@@ -56,7 +58,7 @@ class Query:
 @routes.get("/api/server/usage", access="admin", answer=UsageReport)
 async def usage(request: web.Request) -> web.Response:
     """Sum usage over a range (since, until), filtered by key, model or worker, by group_by."""
-    query = _query(request.query)
+    query = _query(request.query, _oldest_s(request))
     return json_response(await _report(request, query))
 
 
@@ -65,19 +67,23 @@ async def my_usage(request: web.Request) -> web.Response:
     """The calling API key's own usage (as /api/server/usage), its limits and its spend."""
     # Where keys are not required the middleware looked none up; the caller may send one.
     key = request.get(API_KEY) or await request.app[GUARD].check_key(request)
-    query = _query(request.query, key=key.id)
+    query = _query(request.query, _oldest_s(request), key=key.id)
     report = await _report(request, query)
     spend = await request.app[API_KEYS].spend([key])
     report["key"] = {**key.public(), "spend": spend[key.id].public()}
     return json_response(report)
 
 
-def _query(params: Mapping[str, str], *, key: str | None = None) -> Query:
+def _query(params: Mapping[str, str], oldest_s: float, *, key: str | None = None) -> Query:
     now = time.time()
     until = _time(params.get("until"), "until", now)
     since = _time(params.get("since"), "since", until - _DEFAULT_RANGE_S)
     if since >= until:
         raise InvalidRequest("since must be before until (both unix seconds or ISO 8601 times)")
+    # Nothing is kept before the oldest day bucket, nor written after now.
+    since, until = max(since, now - oldest_s), min(until, now + _AHEAD_S)
+    if since >= until:
+        since = until = now
     columns = [c.strip() for c in params.get("group_by", "key,model").split(",") if c.strip()]
     dimensions: list[str] = []
     unit: Unit | None = None
@@ -109,9 +115,13 @@ def _time(raw: str | None, name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        if not 0 <= seconds <= _LATEST_S:  # also NaN
+            raise InvalidRequest(f"{name} {raw[:40]!r} is not a time between 1970 and 9999")
+        return seconds
     try:
         moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -121,7 +131,14 @@ def _time(raw: str | None, name: str, default: float) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+    seconds = moment.timestamp()
+    if not 0 <= seconds <= _LATEST_S:
+        raise InvalidRequest(f"{name} {raw[:40]!r} is not a time between 1970 and 9999")
+    return seconds
+
+
+def _oldest_s(request: web.Request) -> float:
+    return request.app[USAGE].retention.day_s + 86_400.0
 
 
 async def _report(request: web.Request, query: Query) -> dict[str, Any]:
