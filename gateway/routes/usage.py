@@ -83,7 +83,7 @@ def _query(params: Mapping[str, str], oldest_s: float, *, key: str | None = None
     # Nothing is kept before the oldest day bucket, nor written after now.
     since, until = max(since, now - oldest_s), min(until, now + _AHEAD_S)
     if since >= until:
-        since = until = now
+        since = until = float(int(now))
     columns = [c.strip() for c in params.get("group_by", "key,model").split(",") if c.strip()]
     dimensions: list[str] = []
     unit: Unit | None = None
@@ -143,9 +143,12 @@ def _oldest_s(request: web.Request) -> float:
 
 async def _report(request: web.Request, query: Query) -> dict[str, Any]:
     store = request.app[USAGE]
-    buckets, since, until = plan(
-        query.since_s, query.until_s, int(time.time()), store.retention, query.unit
-    )
+    if query.since_s < query.until_s:
+        buckets, since, until = plan(
+            query.since_s, query.until_s, int(time.time()), store.retention, query.unit
+        )
+    else:  # a range wholly before what is kept, or after now
+        buckets, since, until = [], query.since_s, query.since_s
     if len(buckets) > _MAX_BUCKETS:
         raise InvalidRequest(
             f"that range holds {len(buckets)} buckets of this size; ask for a shorter range "
