@@ -106,6 +106,10 @@ class Accountant:
         self._sums: _Sums = {}
         self._costs: dict[tuple[int, str, str, str, bool], float] = {}
         self._spend: dict[str, list[Any]] = {}  # key id -> [tokens, cost] (keys not metered)
+        # (model, worker, estimated) -> [prompt, completion, cached]: added to the counters at
+        # each flush and scrape, not once per answer
+        self._tokens: dict[tuple[str, str, bool], list[int]] = {}
+        metrics.before_scrape(self.count_tokens)
         self._waiting = 0  # answers since the last flush began
         self._retry: tuple[str, Batch] | None = None  # a batch whose write did not answer
         self._wake = asyncio.Event()
@@ -124,6 +128,12 @@ class Accountant:
         charge_spend: bool,
     ) -> None:
         """Add one answer to the buffer (and, with `charge_spend`, to its key's spend)."""
+        counted = self._tokens.get((model, worker, estimated))
+        if counted is None:
+            counted = self._tokens[(model, worker, estimated)] = [0, 0, 0]
+        counted[0] += usage.prompt_tokens
+        counted[1] += usage.completion_tokens
+        counted[2] += usage.cached_tokens or 0
         if self._store is None:
             return
         group = (int(time.time()) // 60 * 60, key, model, worker, estimated)
@@ -168,8 +178,15 @@ class Accountant:
                     self.metrics.redis_error("usage")
                     self._warn("prices not reloaded", exc)
 
+    def count_tokens(self) -> None:
+        """Add the tokens of the answers since the last time to the Prometheus counters."""
+        tokens, self._tokens = self._tokens, {}
+        for (model, worker, estimated), (prompt, completion, cached) in tokens.items():
+            self.metrics.tokens(model, worker, estimated, prompt, completion, cached)
+
     async def flush(self) -> bool:
         """Write what is buffered; return False when Redis could not take it (kept)."""
+        self.count_tokens()
         if self._store is None:
             return True
         if self._retry is None:
@@ -237,20 +254,17 @@ def account(
     price = accountant.prices.price(model)
     cost = price.cost(prompt, produced, cached) if price is not None else 0.0
     label = worker.label
-    metrics = accountant.metrics
-    metrics.tokens(model, label, estimated, prompt, produced, cached or 0)
     if generation_s and produced:
-        metrics.observe_tokens_per_second(model, label, produced / generation_s)
-    trace = request.get(TRACE)
-    key, metered = "", False
-    if trace is not None:
-        key, metered = trace.key_id or "", trace.metered
-        trace.prompt_tokens += prompt
-        trace.completion_tokens += produced
-        trace.estimated = trace.estimated or estimated
-        trace.cost += cost
-    accountant.record(key, model, label, usage, estimated, cost, charge_spend=not metered)
-    note_usage(request, usage, estimated)
+        accountant.metrics.observe_tokens_per_second(model, label, produced / generation_s)
+    trace = request[TRACE]
+    trace.prompt_tokens += prompt
+    trace.completion_tokens += produced
+    trace.estimated = trace.estimated or estimated
+    trace.cost += cost
+    key = trace.key_id or ""
+    accountant.record(key, model, label, usage, estimated, cost, charge_spend=not trace.metered)
+    if trace.span is not None:
+        note_usage(trace.span, usage, estimated)
     return usage
 
 

@@ -30,6 +30,12 @@ from templates.conversation import Conversation, Usage
 _MAX_PENDING_BYTES = 1024 * 1024  # a longer unfinished line is passed on unread
 _TAIL_BYTES = 4096  # Ollama's counts come last, after the (possibly long) context array
 _OLLAMA_COUNT = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
+# A usage object of counts only, no details (cached tokens, reasoning): {"prompt_tokens":N,
+# "completion_tokens":M,"total_tokens":T}
+_OPENAI_PLAIN = re.compile(
+    rb'"usage"\s*:\s*\{\s*"prompt_tokens"\s*:\s*(\d+)\s*,\s*"completion_tokens"\s*:\s*(\d+)'
+    rb'\s*,\s*"total_tokens"\s*:\s*\d+\s*\}'
+)
 BYTES_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
@@ -41,6 +47,12 @@ def usage_of_answer(raw: bytes, protocol: str) -> Usage | None:
     """The usage in a worker's own whole answer (OpenAI, Ollama or Anthropic), or None."""
     if protocol == "ollama":
         return _ollama_counts(raw)
+    if protocol == "openai":
+        # What OpenAI-compatible servers send, in this order: read without parsing anything.
+        at = raw.rfind(b'"usage"')
+        plain = _OPENAI_PLAIN.match(raw, at) if at >= 0 else None
+        if plain is not None:
+            return Usage(int(plain[1]), int(plain[2]))
     found = _object_after(raw, b'"usage"')
     if found is None:
         return None

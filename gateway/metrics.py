@@ -168,6 +168,7 @@ class Metrics:
             registry=reg,
         )
         self._token_series: dict[tuple[str, str, bool], tuple[Any, Any, Any]] = {}
+        self._before_scrape: list[Callable[[], None]] = []
         self._rate_limited = Counter(
             "gateway_rate_limited",
             "Requests refused with 429 because their API key was over a limit.",
@@ -186,8 +187,14 @@ class Metrics:
 
     def scrape(self) -> bytes:
         """Return every metric in the Prometheus text format."""
+        for hook in self._before_scrape:
+            hook()
         self.sync_load()
         return generate_latest(self.registry)
+
+    def before_scrape(self, hook: Callable[[], None]) -> None:
+        """Call `hook` before each scrape (to add what was counted since in plain ints)."""
+        self._before_scrape.append(hook)
 
     def watch_load(self, load: WorkerLoad) -> None:
         """Report each worker's requests in flight, read from `load` when synced."""

@@ -14,6 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -50,6 +51,7 @@ class Trace:
     completion_tokens: int = 0
     estimated: bool = False
     cost: float = 0.0
+    span: Any = None  # the request's RequestSpan, when OpenTelemetry is on (gateway/tracing.py)
 
 
 REQUEST_ID = web.RequestKey("request_id", str)

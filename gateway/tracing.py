@@ -118,14 +118,8 @@ class RequestSpan:
         self.answered = attempt
 
 
-SPAN = web.RequestKey("span", RequestSpan)
-
-
-def note_usage(request: web.Request, usage: Usage, estimated: bool) -> None:
-    """Put an answer's tokens on the request's span and its answering attempt's (if traced)."""
-    span = request.get(SPAN)
-    if span is None:
-        return
+def note_usage(span: RequestSpan, usage: Usage, estimated: bool) -> None:
+    """Put an answer's tokens on the request's span and its answering attempt's."""
     _set_usage(span.span, usage, estimated)
     if span.answered is not None:
         span.answered.usage(usage, estimated)
@@ -152,6 +146,8 @@ class Tracing:
         from opentelemetry.trace import Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        from gateway.observe import TRACE
+
         propagator = TraceContextTextMapPropagator()
         tracer = self.tracer
 
@@ -166,7 +162,10 @@ class Tracing:
                 kind=trace.SpanKind.SERVER,
                 attributes={"http.request.method": request.method, "http.route": route},
             )
-            traced = request[SPAN] = RequestSpan(tracer, span)
+            traced = RequestSpan(tracer, span)
+            found = request.get(TRACE)
+            if found is not None:  # where the request path finds it (Trace.span)
+                found.span = traced
             status = 500
             try:
                 response = await handler(request)
@@ -179,9 +178,6 @@ class Tracing:
                 status = 499
                 raise
             finally:
-                from gateway.observe import TRACE
-
-                found = request.get(TRACE)
                 if found is not None:
                     if found.model is not None:
                         span.set_attribute("gen_ai.request.model", found.model[:200])

@@ -15,11 +15,11 @@ from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, invalid,
 from gateway.failover import Answer
 from gateway.fallback import Served
 from gateway.metering import usage_of_answer
-from gateway.observe import note_model, note_served, note_worker
+from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
 from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
-from gateway.tracing import SPAN, incoming
+from gateway.tracing import incoming
 from gateway.worker import Worker
 from templates.codecs import EmbeddingCodec, StreamEncoder, TemplateAnswers, WorkerCodec
 from templates.conversation import TextDelta, ToolCallDelta, Usage, UsageReport
@@ -111,14 +111,13 @@ async def complete(request: web.Request, model: str, call: Call) -> Answer:
         usage,
         call=call,
         completion=completion,
-        generation_s=answer.upstream_s,
     )
     return answer
 
 
 def _trace(request: web.Request, call: Call) -> None:
     """Give `call` the request's span (OpenTelemetry on) or the client's trace context."""
-    span = request.get(SPAN)
+    span = request[TRACE].span
     if span is not None:
         call.span = span
     else:
