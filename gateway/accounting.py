@@ -106,9 +106,7 @@ class Accountant:
         self._sums: _Sums = {}
         self._costs: dict[tuple[int, str, str, str, bool], float] = {}
         self._spend: dict[str, list[Any]] = {}  # key id -> [tokens, cost] (keys not metered)
-        # (model, worker, estimated) -> [prompt, completion, cached]: added to the counters at
-        # each flush and scrape, not once per answer
-        self._tokens: dict[tuple[str, str, bool], list[int]] = {}
+        # Token counters are given the sums at each flush and scrape, not each answer.
         metrics.before_scrape(self.count_tokens)
         self._waiting = 0  # answers since the last flush began
         self._retry: tuple[str, Batch] | None = None  # a batch whose write did not answer
@@ -121,39 +119,34 @@ class Accountant:
         key: str,
         model: str,
         worker: str,
-        usage: Usage,
+        tokens: tuple[int, int, int],
         estimated: bool,
         cost: float,
         *,
         charge_spend: bool,
     ) -> None:
-        """Add one answer to the buffer (and, with `charge_spend`, to its key's spend)."""
-        counted = self._tokens.get((model, worker, estimated))
-        if counted is None:
-            counted = self._tokens[(model, worker, estimated)] = [0, 0, 0]
-        counted[0] += usage.prompt_tokens
-        counted[1] += usage.completion_tokens
-        counted[2] += usage.cached_tokens or 0
-        if self._store is None:
-            return
+        """Add one answer's (prompt, completion, cached) tokens to the buffer (and, with
+        `charge_spend`, to its key's spend)."""
         group = (int(time.time()) // 60 * 60, key, model, worker, estimated)
         sums = self._sums.get(group)
         if sums is None:
             if len(self._sums) >= self._max_groups:
                 self.metrics.usage_dropped(1)
                 return
-            sums = self._sums[group] = [0, 0, 0, 0]
+            # answers, prompt, completion, cached; then what the counters were given of them
+            sums = self._sums[group] = [0, 0, 0, 0, 0, 0, 0]
+        prompt, completion, cached = tokens
         sums[0] += 1
-        sums[1] += usage.prompt_tokens
-        sums[2] += usage.completion_tokens
-        sums[3] += usage.cached_tokens or 0
+        sums[1] += prompt
+        sums[2] += completion
+        sums[3] += cached
         if cost:
             self._costs[group] = self._costs.get(group, 0.0) + cost
         if charge_spend and key:
             spend = self._spend.get(key)
             if spend is None:
                 spend = self._spend[key] = [0, 0.0]
-            spend[0] += usage.total_tokens
+            spend[0] += prompt + completion
             spend[1] += cost
         self._waiting += 1
         if self._waiting >= self._flush_records:
@@ -179,15 +172,18 @@ class Accountant:
                     self._warn("prices not reloaded", exc)
 
     def count_tokens(self) -> None:
-        """Add the tokens of the answers since the last time to the Prometheus counters."""
-        tokens, self._tokens = self._tokens, {}
-        for (model, worker, estimated), (prompt, completion, cached) in tokens.items():
-            self.metrics.tokens(model, worker, estimated, prompt, completion, cached)
+        """Give the Prometheus counters the tokens summed since they were last given them."""
+        for (_minute, _key, model, worker, estimated), sums in self._sums.items():
+            prompt, completion, cached = sums[1] - sums[4], sums[2] - sums[5], sums[3] - sums[6]
+            if prompt or completion or cached:
+                self.metrics.tokens(model, worker, estimated, prompt, completion, cached)
+                sums[4], sums[5], sums[6] = sums[1], sums[2], sums[3]
 
     async def flush(self) -> bool:
         """Write what is buffered; return False when Redis could not take it (kept)."""
         self.count_tokens()
         if self._store is None:
+            self._sums, self._costs, self._spend, self._waiting = {}, {}, {}, 0
             return True
         if self._retry is None:
             if not self._sums and not self._spend:
@@ -207,7 +203,7 @@ class Accountant:
         sums, costs, spend = self._sums, self._costs, self._spend
         self._sums, self._costs, self._spend, self._waiting = {}, {}, {}, 0
         batch = Batch()
-        for group, (n, p, c, x) in sums.items():
+        for group, (n, p, c, x, *_counted) in sums.items():
             minute, key, model, worker, estimated = group
             tally = Tally(n, p, c, x, costs.get(group, 0.0))
             batch.minutes[(minute, Group(key, model, worker, estimated))] = tally
@@ -233,7 +229,7 @@ def account(
     call: Call | None = None,
     completion: str | int = "",
     generation_s: float | None = None,
-) -> Usage:
+) -> None:
     """Account the final usage of one answer; call it once per answer a worker gave.
 
     `model` is the model that answered (an alias's choice or a fallback, not the name asked);
@@ -241,16 +237,15 @@ def account(
     estimated from `call` (the client's body, or its decoded request) and the completion from
     `completion`, the answer's text (or a token count the caller estimated itself), and the
     record is marked estimated. `generation_s` is how long the worker took to generate (for
-    tokens per second); None to leave that out. Returns the usage recorded. Never waits.
+    tokens per second of a stream); None to leave that out. Never waits.
     """
-    app = request.app
-    accountant = app[ACCOUNTANT]
-    estimated = usage is None
-    if usage is None:
-        asked = prompt_tokens(call.body, call.request) if call is not None else 0
-        done = completion if isinstance(completion, int) else text_tokens(completion)
-        usage = Usage(asked, done)
-    prompt, produced, cached = usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+    accountant = request.app[ACCOUNTANT]
+    if usage is not None:
+        prompt, produced, cached = usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+    else:
+        prompt = prompt_tokens(call.body, call.request) if call is not None else 0
+        produced = completion if isinstance(completion, int) else text_tokens(completion)
+        cached = None
     price = accountant.prices.price(model)
     cost = price.cost(prompt, produced, cached) if price is not None else 0.0
     label = worker.label
@@ -259,13 +254,21 @@ def account(
     trace = request[TRACE]
     trace.prompt_tokens += prompt
     trace.completion_tokens += produced
-    trace.estimated = trace.estimated or estimated
+    estimated = usage is None
+    if estimated:
+        trace.estimated = True
     trace.cost += cost
-    key = trace.key_id or ""
-    accountant.record(key, model, label, usage, estimated, cost, charge_spend=not trace.metered)
+    accountant.record(
+        trace.key_id or "",
+        model,
+        label,
+        (prompt, produced, cached or 0),
+        estimated,
+        cost,
+        charge_spend=not trace.metered,
+    )
     if trace.span is not None:
-        note_usage(trace.span, usage, estimated)
-    return usage
+        note_usage(trace.span, Usage(prompt, produced, cached), estimated)
 
 
 async def accounting(app: web.Application) -> AsyncIterator[None]:

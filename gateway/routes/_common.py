@@ -100,18 +100,13 @@ async def complete(request: web.Request, model: str, call: Call) -> Answer:
         if usage is None:
             completion = _text_of(worker, call, answer.raw)
     elif answer.reply is not None:
-        usage = answer.reply.usage
-        completion = answer.reply.text + "".join(c.arguments for c in answer.reply.tool_calls)
+        reply = answer.reply
+        usage = reply.usage
+        if usage is None:
+            completion = reply.text + "".join(c.arguments for c in reply.tool_calls)
     else:
         usage = answer.embeddings.usage if answer.embeddings is not None else None
-    account(
-        request,
-        served.model,
-        worker,
-        usage,
-        call=call,
-        completion=completion,
-    )
+    account(request, served.model, worker, usage, call=call, completion=completion)
     return answer
 
 
