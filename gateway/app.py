@@ -6,12 +6,13 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import aiohttp
 from aiohttp import web
 
 from gateway import openapi
+from gateway.accounting import accounting
 from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
@@ -42,6 +43,7 @@ from gateway.routes import (
     runs,
     seed,
     ui,
+    usage,
 )
 from gateway.runs import Runner
 from gateway.settings import Settings
@@ -65,6 +67,7 @@ from gateway.state import (
     STORE,
     UPSTREAM,
 )
+from gateway.tracing import TRACING, start_tracing
 from gateway.worker import Ejection
 from registry import (
     REDIS_ERRORS,
@@ -79,6 +82,9 @@ from registry import (
 )
 from registry.responses import ResponseStore
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 log = logging.getLogger(__name__)
 
 _REDIS_URL = web.AppKey("redis_url", str)
@@ -88,18 +94,26 @@ EMBEDDED_REDIS = web.AppKey("embedded_redis", EmbeddedRedis)
 _EMBEDDED_WATCH_S = 0.5
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(
+    settings: Settings, *, tracer_provider: "TracerProvider | None" = None
+) -> web.Application:
     """Return the gateway application for `settings`; resources start with the app.
 
-    Raises MetricsConfigError when multiprocess metrics are set up wrongly.
+    `tracer_provider`: an OpenTelemetry provider to make spans with (otherwise one is made
+    when `otel_enabled`). Raises MetricsConfigError when multiprocess metrics are set up
+    wrongly, RuntimeError when tracing is on without the SDK.
     """
+    tracing = start_tracing(settings, tracer_provider)
     # Outermost first: observe sees every answer (errors rendered by error_middleware, which
     # also renders the 403/415 of the browser guard and the 401/403/429 of access_middleware).
     # The browser guard comes before access control: a page's request is refused before it
     # costs a key lookup or a rate-limit slot, and whatever the credentials.
+    # Traced requests: the span sees the answer as error_middleware rendered it.
+    traced = [tracing.middleware()] if tracing is not None else []
     app = web.Application(
         middlewares=[
             observe_middleware,
+            *traced,
             error_middleware,
             browser_guard(settings),
             access_middleware,
@@ -107,6 +121,9 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_bytes,
     )
     app[SETTINGS] = settings
+    if tracing is not None:
+        app[TRACING] = tracing
+        app.on_cleanup.append(_stop_tracing)
     router = app[ROUTER] = Router(
         settings.balancing, settings.max_queued_per_model, models=settings.models
     )
@@ -122,6 +139,7 @@ def create_app(settings: Settings) -> web.Application:
         admin.routes,
         models.routes,
         keys.routes,
+        usage.routes,
         seed.routes,
         openai.routes,
         anthropic.routes,
@@ -144,6 +162,7 @@ def create_app(settings: Settings) -> web.Application:
             _metrics,
             _redis_server,
             _redis_client,
+            accounting,
             _upstream,
             _assistants,
             _config_workers,
@@ -153,6 +172,10 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     return app
+
+
+async def _stop_tracing(app: web.Application) -> None:
+    await asyncio.to_thread(app[TRACING].shutdown)  # exports the spans still held
 
 
 class ServerOptions(TypedDict):

@@ -33,10 +33,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.endpoints import Access, Handler
-from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.errors import BudgetExceeded, Forbidden, RateLimited, Unauthorized
 from gateway.errors import StoreUnavailable as KeysUnavailable
 from gateway.metrics import Metrics
-from gateway.observe import TRACE
+from gateway.observe import TRACE, Trace
 from gateway.settings import Settings
 from gateway.state import CATALOGUE
 from registry import ApiKey, ApiKeyStore, StoreUnavailable, hash_key
@@ -198,37 +198,55 @@ class Guard:
             )
         return key
 
-    async def acquire(self, key: ApiKey) -> str | None:
-        """Count a request against the key's limits; return the slot to release, or raise 429."""
-        if not key.limited:
+    async def acquire(self, key: ApiKey, *, spends: bool = True) -> str | None:
+        """Count a request against the key's limits (its token limits and budget too when the
+        route `spends` tokens); return the slot to release, or raise 429."""
+        counted = key.requests_per_minute is not None or key.max_concurrent is not None
+        if not counted and not (spends and key.metered):
             return None
         token = uuid.uuid4().hex
         try:
-            admission = await self._store.acquire(key, token, lease_s=self._lease_s)
+            admission = await self._store.acquire(key, token, lease_s=self._lease_s, spends=spends)
         except StoreUnavailable as exc:
             self._metrics.redis_error("rate_limit")
             log.warning("rate limit of API key %s not checked: %s", key.id, exc)
             return None
         if admission.admitted:
-            return token
+            return token if key.max_concurrent is not None else None
         assert admission.limit is not None
         self._metrics.rate_limited(admission.limit)
-        if admission.limit == "requests_per_minute":
-            why = f"is over its limit of {key.requests_per_minute} requests per minute"
-        else:
-            why = f"already has {key.max_concurrent} requests in progress (its max_concurrent)"
-        raise RateLimited(
-            f"API key {key.id} {why}; retry after {admission.retry_after_s}s",
-            headers={"Retry-After": str(admission.retry_after_s)},
-        )
+        retry = admission.retry_after_s
+        headers = {"Retry-After": str(retry)}
+        if admission.limit == "budget":
+            raise BudgetExceeded(
+                f"API key {key.id} has spent its budget of {key.budget:g} for this "
+                f"{key.budget_period}; it renews in {_duration(retry)} (Retry-After), or ask the "
+                "gateway's operator for a larger budget",
+                headers=headers,
+            )
+        why = {
+            "requests_per_minute": f"is over its limit of {key.requests_per_minute} requests "
+            "per minute",
+            "max_concurrent": f"already has {key.max_concurrent} requests in progress (its "
+            "max_concurrent)",
+            "tokens_per_minute": f"is over its limit of {key.tokens_per_minute} tokens per minute",
+            "tokens_per_day": f"has used its {key.tokens_per_day} tokens for today (UTC)",
+        }[admission.limit]
+        raise RateLimited(f"API key {key.id} {why}; retry after {retry}s", headers=headers)
 
-    async def release(self, key: ApiKey, token: str) -> None:
-        """Free the concurrency slot; if Redis fails, its lease frees it later."""
+    async def finish(self, key: ApiKey, slot: str | None, trace: Trace | None) -> None:
+        """End a request: free its concurrency slot and charge a metered key what its answer
+        used, in one step; if Redis fails, the slot's lease frees it later and the charge is
+        lost to the limits (not to the usage records)."""
+        if slot is None and not key.metered:
+            return
+        tokens = trace.prompt_tokens + trace.completion_tokens if trace is not None else 0
+        cost = trace.cost if trace is not None else 0.0
         try:
-            await self._store.release(key, token)
+            await self._store.finish(key, slot, tokens, cost)
         except (StoreUnavailable, RedisError, OSError) as exc:
             self._metrics.redis_error("rate_limit")
-            log.warning("concurrency slot of API key %s not released: %s", key.id, exc)
+            log.warning("API key %s: slot not released or answer not charged: %s", key.id, exc)
 
     def _bearer(self, request: web.Request, access: Access, what: str) -> str:
         if access == "inference" and "Authorization" not in request.headers:
@@ -247,6 +265,7 @@ class Guard:
 
 
 GUARD = web.AppKey("guard", Guard)
+API_KEY = web.RequestKey("api_key", ApiKey)  # the request's key, where keys are required
 
 
 @web.middleware
@@ -266,13 +285,24 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     if not guard.keys_required:
         return await handler(request)
-    key = await guard.check_key(request)
+    key = request[API_KEY] = await guard.check_key(request)
     trace = request.get(TRACE)
     if trace is not None:
         trace.key_id = key.id
-    slot = await guard.acquire(key)
+        trace.metered = key.metered
+    # Token limits and budgets hold on the routes that call models (POST), not on listings.
+    slot = await guard.acquire(key, spends=request.method == "POST")
     try:
         return await handler(request)
     finally:
-        if slot is not None:
-            await guard.release(key, slot)
+        await guard.finish(key, slot, trace)
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"

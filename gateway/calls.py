@@ -24,7 +24,17 @@ Family = Literal["seed", "openai", "ollama", "anthropic"]
 class Call:
     """One client request as the request path needs it."""
 
-    __slots__ = ("_decode", "_decoded", "body", "family", "op", "request_id", "stream")
+    __slots__ = (
+        "_decode",
+        "_decoded",
+        "body",
+        "family",
+        "op",
+        "request_id",
+        "span",
+        "stream",
+        "trace_headers",
+    )
 
     def __init__(
         self,
@@ -43,6 +53,9 @@ class Call:
         self.request_id = request_id  # sent to the worker as X-Request-ID
         self._decode = decode
         self._decoded: Any = None
+        # W3C trace context for the worker: the client's, or the attempt's span (gateway/tracing.py)
+        self.trace_headers: dict[str, str] | None = None
+        self.span: Any = None  # the request's RequestSpan when OpenTelemetry is on
 
     def request(self) -> Any:
         """The request in the conversation model (a Conversation, or an EmbeddingRequest),
@@ -60,6 +73,8 @@ class WorkerRequest(NamedTuple):
     passthrough: bool  # the client's own body, model renamed; the answer goes back as it is
     streamed: bool  # the worker answers as a stream (SSE or NDJSON)
     rename: bytes | None  # passthrough only: the client's model name, where the worker's differs
+    # passthrough only: the gateway asked for a usage chunk the client did not (gateway/metering.py)
+    strip_usage: bool = False
 
 
 def prepare(worker: Worker, call: Call) -> WorkerRequest:
@@ -70,13 +85,22 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
     served = record.served_model
     streamed = op.streams == "always" or (op.streams == "on_request" and call.stream)
     rename = None
-    passthrough = False
+    passthrough = strip_usage = False
     codec = op.codec
-    if worker.plan.protocol == call.family and call.body is not None:
+    protocol = worker.plan.protocol
+    if protocol == call.family and call.body is not None:
         body = dict(call.body)
         body["model"] = served
         if op.streams != "never":
             body["stream"] = call.stream  # explicit: Ollama streams when it is left out
+        if streamed and protocol == "openai":
+            # Usage comes in a last chunk only when asked for; the tap drops it again when the
+            # client did not ask (gateway/metering.py).
+            options = body.get("stream_options")
+            if not isinstance(options, dict) or not options.get("include_usage"):
+                kept = options if isinstance(options, dict) else {}
+                body["stream_options"] = {**kept, "include_usage": True}
+                strip_usage = True
         http = op.plan.head({MODEL_NAME: served}, orjson.dumps(body))
         passthrough = True
         asked = str(call.body.get("model", ""))
@@ -102,4 +126,6 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
         http = op.plan.head({MODEL_NAME: served}, orjson.dumps(data))
     if call.request_id:
         http.headers["X-Request-ID"] = call.request_id
-    return WorkerRequest(op, http, passthrough, streamed, rename)
+    if call.trace_headers is not None:
+        http.headers.update(call.trace_headers)
+    return WorkerRequest(op, http, passthrough, streamed, rename, strip_usage)

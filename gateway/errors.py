@@ -16,6 +16,7 @@
     │   └── WorkerNotAllowed 422  the worker's host is outside worker_allowlist
     ├── Overloaded           429  every worker of the model is at its max_concurrency
     ├── RateLimited          429  an API key is over its limits (with Retry-After)
+    │   └── BudgetExceeded   429  an API key spent its money budget for the period
     ├── WorkerRateLimited    429  every worker tried said 429 (their Retry-After passed on)
     ├── WorkerRefused        4xx  a worker refused the client's request (400, 413, 422)
     │   └── ContextTooLong   400  a worker said the prompt is longer than its context window
@@ -127,6 +128,13 @@ class Overloaded(GatewayError):
 
 class RateLimited(GatewayError):
     status, code, openai_type = 429, "rate_limited", "rate_limit_error"
+
+
+class BudgetExceeded(RateLimited):
+    """429, not 402: what OpenAI answers for a spent quota (`insufficient_quota`), which every
+    client already handles; 402 is reserved in HTTP and no SDK knows it."""
+
+    code, openai_type = "budget_exceeded", "insufficient_quota"
 
 
 class WorkerRateLimited(GatewayError):

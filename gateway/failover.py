@@ -225,9 +225,14 @@ class Failover:
             if tries > 1 and metrics is not None:
                 metrics.retry(pool.model)
             timeout_s = min(worker.record.timeout_s, remaining_s)
+            traced = call.span.attempt(pool.model, worker, tries) if call.span is not None else None
+            if traced is not None:
+                call.trace_headers = traced.headers  # the worker's parent is this attempt
             try:
                 req = prepare(worker, call)
             except CannotTranslate as exc:
+                if traced is not None:
+                    traced.failed(str(exc), 400)
                 raise InvalidRequest(str(exc)) from None
             slot = Slot(pool, worker, metrics)
             try:
@@ -236,6 +241,8 @@ class Failover:
                 slot.release()
                 reason = worker.redact(exc.reason)
                 self._failed(pool, worker, exc, reason, slot.sent_at)
+                if traced is not None:
+                    traced.failed(reason, exc.status or ("timeout" if exc.timed_out else "error"))
                 failures.append(f"{worker.label}: {reason}")
                 timed_out = timed_out and exc.timed_out
                 if exc.status == 429:
@@ -243,10 +250,14 @@ class Failover:
                 if not exc.retryable:
                     break
                 continue
-            except BaseException:
+            except BaseException as exc:
                 slot.release()
+                if traced is not None:
+                    traced.failed(str(exc)[:200] or type(exc).__name__, type(exc).__name__)
                 raise
             ended = time.perf_counter()
+            if traced is not None:
+                call.span.succeeded(traced)
             if metrics is not None:
                 metrics.observe_upstream(pool.model, worker.label, 200, ended - slot.sent_at)
             if not hold:  # a Stream keeps the worker's slot until it is closed

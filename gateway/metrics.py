@@ -37,6 +37,7 @@ EMBEDDED_RESTARTS_FILE = "embedded_redis_restarts"
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_TOKENS_PER_S_BUCKETS = (1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
 class MetricsConfigError(ValueError):
@@ -146,6 +147,28 @@ class Metrics:
             ["access", "reason"],
             registry=reg,
         )
+        self._tokens = Counter(
+            "gateway_tokens",
+            "Tokens of answers, by model, worker, kind (prompt, completion, cached) and whether "
+            "they were estimated (the worker reported none).",
+            ["model", "worker", "kind", "estimated"],
+            registry=reg,
+        )
+        self._tokens_per_s = Histogram(
+            "gateway_upstream_tokens_per_second",
+            "Completion tokens per second of one answer: from its first piece to its end for a "
+            "stream, over the whole call for a whole answer.",
+            ["model", "worker"],
+            buckets=_TOKENS_PER_S_BUCKETS,
+            registry=reg,
+        )
+        self._usage_dropped = Counter(
+            "gateway_usage_dropped",
+            "Usage records dropped because Redis was unreachable for long and the buffer was full.",
+            registry=reg,
+        )
+        self._token_series: dict[tuple[str, str, bool], tuple[Any, Any, Any]] = {}
+        self._before_scrape: list[Callable[[], None]] = []
         self._rate_limited = Counter(
             "gateway_rate_limited",
             "Requests refused with 429 because their API key was over a limit.",
@@ -164,8 +187,14 @@ class Metrics:
 
     def scrape(self) -> bytes:
         """Return every metric in the Prometheus text format."""
+        for hook in self._before_scrape:
+            hook()
         self.sync_load()
         return generate_latest(self.registry)
+
+    def before_scrape(self, hook: Callable[[], None]) -> None:
+        """Call `hook` before each scrape (to add what was counted since in plain ints)."""
+        self._before_scrape.append(hook)
 
     def watch_load(self, load: WorkerLoad) -> None:
         """Report each worker's requests in flight, read from `load` when synced."""
@@ -234,6 +263,31 @@ class Metrics:
         """Record the time to the first piece of a streamed answer."""
         self._ttft_seconds.labels(model, worker).observe(seconds)
 
+    def tokens(
+        self, model: str, worker: str, estimated: bool, prompt: int, completion: int, cached: int
+    ) -> None:
+        """Count one answer's tokens."""
+        series = self._token_series.get((model, worker, estimated))
+        if series is None:
+            flag = "true" if estimated else "false"
+            series = self._token_series[(model, worker, estimated)] = (
+                self._tokens.labels(model, worker, "prompt", flag),
+                self._tokens.labels(model, worker, "completion", flag),
+                self._tokens.labels(model, worker, "cached", flag),
+            )
+        series[0].inc(prompt)
+        series[1].inc(completion)
+        if cached:
+            series[2].inc(cached)
+
+    def observe_tokens_per_second(self, model: str, worker: str, rate: float) -> None:
+        """Record the completion tokens per second of one answer."""
+        self._child(self._tokens_per_s, (model, worker)).observe(rate)
+
+    def usage_dropped(self, records: int) -> None:
+        """Count usage records lost to a full buffer."""
+        self._usage_dropped.inc(records)
+
     def retry(self, model: str) -> None:
         """Count a request moved on to another worker of `model`'s pool."""
         self._retries.labels(model).inc()
@@ -246,6 +300,9 @@ class Metrics:
         """Drop the gauges of a worker that left the registry, so they do not linger."""
         self._children = {
             key: child for key, child in self._children.items() if worker not in key[1]
+        }
+        self._token_series = {
+            key: series for key, series in self._token_series.items() if key[1] != worker
         }
         self._synced_in_flight.pop((model, worker), None)
         if self._multiproc_dir is not None:
@@ -264,7 +321,8 @@ class Metrics:
         self._auth_refused.labels(access, reason).inc()
 
     def rate_limited(self, limit: str) -> None:
-        """Count a 429 for `limit` ("requests_per_minute" or "max_concurrent")."""
+        """Count a 429 for `limit` (requests_per_minute, max_concurrent, tokens_per_minute,
+        tokens_per_day or budget)."""
         self._rate_limited.labels(limit).inc()
 
 

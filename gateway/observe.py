@@ -14,6 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -44,6 +45,13 @@ class Trace:
     tries: int | None = None
     upstream_s: float | None = None
     key_id: str | None = None  # the API key's id (never the key)
+    metered: bool = False  # the key has token limits or a budget: charged when the request ends
+    # What the answer used (gateway/accounting.py), summed if a request had several.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    cost: float = 0.0
+    span: Any = None  # the request's RequestSpan, when OpenTelemetry is on (gateway/tracing.py)
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -159,6 +167,9 @@ def _log(request: web.Request, trace: Trace, route: str, status: int, seconds: f
         "upstream_ms": round(trace.upstream_s * 1000, 1) if trace.upstream_s is not None else None,
         "tries": trace.tries,
         "key_id": trace.key_id,
+        "prompt_tokens": trace.prompt_tokens if trace.worker is not None else None,
+        "completion_tokens": trace.completion_tokens if trace.worker is not None else None,
+        "estimated": trace.estimated if trace.worker is not None else None,
         "error": error.code if error is not None else None,
     }
     access_log.info(orjson.dumps(line).decode())

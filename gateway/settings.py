@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from gateway.declared import WorkersError, read_workers
-from registry import Balancing, ModelSettings, WorkerSpec, check_name, check_url
+from registry import Balancing, ModelSettings, Price, WorkerSpec, check_name, check_url
 
 ENV_PREFIX = "GATEWAY_"
 # prometheus_client's own switch for multiprocess mode; read here so nothing else reads it.
@@ -138,6 +138,21 @@ class Settings(BaseModel):
     # Observability.
     access_log: Annotated[float, Field(ge=0, le=1)] = 0.0
     metrics_multiproc_dir: Path | None = None
+    # Traces (gateway/tracing.py): OpenTelemetry spans over OTLP/HTTP, off by default.
+    otel_enabled: bool = False
+    otel_endpoint: str | None = None  # unset: the exporter's own default (localhost:4318)
+    otel_service_name: Annotated[str, Field(min_length=1, max_length=200)] = "llm-gateway"
+
+    # Usage accounting (docs/usage.md): records in Redis, prices of models' tokens.
+    usage_accounting: bool = True
+    usage_flush_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
+    usage_flush_records: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    usage_max_groups: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    usage_minute_retention_h: Annotated[float, Field(gt=0, le=24 * 31)] = 48.0
+    usage_hour_retention_d: Annotated[float, Field(gt=0, le=3660)] = 35.0
+    usage_day_retention_d: Annotated[float, Field(gt=0, le=36600)] = 400.0
+    # A `[prices.NAME]` table each in the config file; those set through the admin API win.
+    prices: dict[str, Price] = Field(default_factory=dict)
 
     # The config file these settings were read from, and the workers it declares
     # ([[workers]], gateway/declared.py); neither comes from the environment.
@@ -156,6 +171,17 @@ class Settings(BaseModel):
                 return 0.0
             if word in ("on", "true", "yes"):
                 return 1.0
+        return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices_json(cls, value: Any) -> Any:
+        """Accept a JSON object (an env var) as well as the config file's tables."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"prices must be a JSON object ({exc})") from None
         return value
 
     @field_validator("models", mode="before")

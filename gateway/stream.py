@@ -13,6 +13,7 @@ import orjson
 
 from gateway.calls import WorkerRequest
 from gateway.http1 import HTTPClientError, Response, Sink
+from gateway.metering import UsageTap
 from gateway.metrics import Metrics
 from gateway.pool import Pool
 from gateway.worker import Ejection, Worker
@@ -25,6 +26,7 @@ from templates.conversation import (
     Start,
     TextDelta,
     ToolCallDelta,
+    Usage,
     UsageReport,
 )
 
@@ -42,13 +44,14 @@ class WorkerReported(ExtractError):
 class Slot:
     """One request's place at a worker: counted in flight until released (once)."""
 
-    __slots__ = ("_held", "_metrics", "pool", "sent_at", "worker")
+    __slots__ = ("_held", "_metrics", "first_at", "pool", "sent_at", "worker")
 
     def __init__(self, pool: Pool, worker: Worker, metrics: Metrics | None) -> None:
         self.pool = pool
         self.worker = worker
         self._metrics = metrics
         self.sent_at = time.perf_counter()
+        self.first_at: float | None = None  # when the first piece went to the client
         self._held = True
         pool.entered(worker)
 
@@ -67,8 +70,9 @@ class Slot:
 
     def first_piece(self) -> None:
         """The first piece of the answer is on its way to the client (time to first token)."""
+        self.first_at = now = time.perf_counter()
         if self._metrics is not None:
-            elapsed = time.perf_counter() - self.sent_at
+            elapsed = now - self.sent_at
             self._metrics.observe_ttft(self.pool.model, self.worker.label, elapsed)
 
 
@@ -147,6 +151,21 @@ class Stream:
         self._max_line_bytes = max_line_bytes
         self._iter: AsyncIterator[Event | bytes] | None = None
         self._held: list[Event | bytes] = []  # read by `begin`, not yet handed on
+        self._tap: UsageTap | None = None  # a passthrough stream's usage, read as it passes
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage a passthrough stream reported (read from its bytes), once it has passed."""
+        return self._tap.usage if self._tap is not None else None
+
+    def estimated_completion(self) -> int:
+        """An estimate of a passthrough stream's completion tokens: one per content event."""
+        return self._tap.estimate() if self._tap is not None else 0
+
+    def generation_s(self) -> float | None:
+        """Seconds from the first piece of the answer until now (None: none came)."""
+        first = self._slot.first_at
+        return time.perf_counter() - first if first is not None else None
 
     @property
     def relayed(self) -> bool:
@@ -161,11 +180,13 @@ class Stream:
         renaming = None
         if rename is not None:
             sink = renaming = ModelRenaming(sink, self.worker.record.served_model, rename)
+        tap = self._tap = UsageTap(sink, self.worker.plan.protocol, strip=self._req.strip_usage)
         try:
-            await self._response.forward(_FirstPiece(sink, self._slot))
+            await self._response.forward(_FirstPiece(tap, self._slot))
         except (HTTPClientError, TimeoutError) as exc:
             raise self._broken(exc) from exc
         finally:
+            tap.flush()
             if renaming is not None:
                 renaming.flush()
         self._slot.done(ok=True)
@@ -228,19 +249,22 @@ class Stream:
         return StreamBroken(f"the worker stopped mid-answer ({reason})")
 
     async def _own_bytes(self, response: Response) -> AsyncIterator[bytes]:
-        """The worker's own stream, renamed like `forward` does (for clients it cannot serve)."""
+        """The worker's own stream, renamed and tapped like `forward` does it (for clients it
+        cannot serve)."""
         rename = self._req.rename
-        if rename is None:
-            async for chunk in response.chunks():
-                yield chunk
-            return
         out = _Collected()
-        renaming = ModelRenaming(out, self.worker.record.served_model, rename)
+        renaming = None
+        sink: Sink = out
+        if rename is not None:
+            sink = renaming = ModelRenaming(out, self.worker.record.served_model, rename)
+        tap = self._tap = UsageTap(sink, self.worker.plan.protocol, strip=self._req.strip_usage)
         async for chunk in response.chunks():
-            renaming.write(chunk)
+            tap.write(chunk)
             if out.parts:
                 yield out.take()
-        renaming.flush()
+        tap.flush()
+        if renaming is not None:
+            renaming.flush()
         if out.parts:
             yield out.take()
 

@@ -1,6 +1,6 @@
 """The worker registry: records, validation, the Redis store and its change events."""
 
-from registry.apikeys import Admission, ApiKey, ApiKeyStore, NewApiKey, hash_key
+from registry.apikeys import Admission, ApiKey, ApiKeyStore, Limit, NewApiKey, hash_key
 from registry.assistant_models import (
     ACTIVE,
     WAITING,
@@ -50,13 +50,17 @@ from registry.models import (
     WorkerRecord,
     WorkerSpec,
 )
+from registry.prices import NewPrice, Price, PriceStore
+from registry.spend import Period, Spend
 from registry.store import REDIS_ERRORS, RegistryStore, Snapshot
+from registry.usage import UNIT_S, Batch, Group, Retention, Tally, Unit, UsageStore
 from registry.watch import Follower, ViewSink, pause
 
 __all__ = [
     "ACTIVE",
     "REDIS_ERRORS",
     "TRIGGERS",
+    "UNIT_S",
     "WAITING",
     "Admission",
     "AliasTarget",
@@ -67,14 +71,17 @@ __all__ = [
     "AssistantRecord",
     "AssistantStore",
     "Balancing",
+    "Batch",
     "Change",
     "DuplicateWorker",
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "Follower",
+    "Group",
     "Health",
     "LastError",
     "Lease",
+    "Limit",
     "Load",
     "ManagedWorker",
     "MessageRecord",
@@ -82,23 +89,32 @@ __all__ = [
     "ModelRecord",
     "ModelSettings",
     "NewApiKey",
+    "NewPrice",
     "NotStored",
+    "Period",
+    "Price",
+    "PriceStore",
     "RegisterRequest",
     "RegistryError",
     "RegistryStore",
+    "Retention",
     "RunChanged",
     "RunRecord",
     "RunUsage",
     "Snapshot",
+    "Spend",
     "StorageFull",
     "StoreUnavailable",
+    "Tally",
     "ThreadBusy",
     "ThreadRecord",
     "Trigger",
+    "Unit",
     "UnknownApiKey",
     "UnknownCursor",
     "UnknownModelSettings",
     "UnknownWorker",
+    "UsageStore",
     "ViewSink",
     "WorkerKey",
     "WorkerRecord",

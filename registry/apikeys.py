@@ -1,16 +1,21 @@
-"""Inference API keys in Redis: stored as SHA-256 hashes, with per-key rate limits.
+"""Inference API keys in Redis: stored as SHA-256 hashes, with per-key limits.
 
 A key is shown once, when it is created; Redis holds only its hash, so a copy of the database
 does not hand out working keys. Limits are enforced across every gateway process by one Lua
 step per request: a sliding window of requests per minute (this minute's count plus the last
-minute's, weighted by how much of it is still inside the window) and a count of requests in
-progress, each holding a slot with a lease so a crashed process cannot leak slots forever.
+minute's, weighted by how much of it is still inside the window), a count of requests in
+progress, each holding a slot with a lease so a crashed process cannot leak slots forever,
+and the key's token limits and money budget against what it has spent (registry/spend.py).
+A key with token limits or a budget ("metered") is charged its answer's true count in one
+more step when the request ends, which also frees its slot; so it can overspend by at most
+what its requests in flight at that moment use.
 """
 
 import hashlib
 import math
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -19,6 +24,8 @@ from redis.asyncio import Redis
 
 from registry.errors import UnknownApiKey
 from registry.keys import Keys
+from registry.spend import LUA as SPEND_LUA
+from registry.spend import Period, Spend, read_spend
 from registry.store import guard
 
 KEY_PREFIX = "gwk-"
@@ -30,23 +37,29 @@ if not id then return false end
 return redis.call('HGET', KEYS[1], id)
 """
 
-# KEYS: apikeys hash, hash index, rate hash, in-flight set. ARGV: id.
+# KEYS: apikeys hash, hash index, rate hash, in-flight set, spend hash. ARGV: id.
 _REVOKE = """
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], cjson.decode(record)['sha256'])
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 return record
 """
 
-# KEYS: rate hash, in-flight set. ARGV: per minute (0: none), concurrent (0: none), token,
-# lease ms. Answers {1, 0, 0} when admitted, else {0, retry ms, 1 (per minute) or 2 (concurrent)}.
-# The clock is Redis's, so replicas with skewed clocks share one window.
-_ACQUIRE = """
+# KEYS: rate hash, in-flight set, spend hash. ARGV: per minute (0: none), concurrent (0: none),
+# token, lease ms, tokens per minute, tokens per day, budget (0: none of the three, or not
+# checked: a route that spends no tokens), budget period. Answers {1, 0, 0} when admitted,
+# else {0, retry ms, which}: 1 per minute, 2 concurrent, 3 tokens per minute, 4 tokens per
+# day, 5 budget. The clock is Redis's, so replicas with skewed clocks share one window.
+_ACQUIRE = (
+    SPEND_LUA
+    + """
 if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
+local refused = over(KEYS[3], now, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+  ARGV[8])
+if refused then return {0, math.max(refused[1], 1), refused[2]} end
 local rpm, conc, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 local window = now - now % 60000
 local w, cur, prev = nil, 0, 0
@@ -83,6 +96,39 @@ if rpm > 0 then
 end
 return {1, 0, 0}
 """
+)
+
+# KEYS: in-flight set, spend hash. ARGV: slot token ("": none), tokens, cost, budget period.
+# The end of a limited key's request: its concurrency slot freed and its true count charged.
+_FINISH = (
+    SPEND_LUA
+    + """
+if redis.replicate_commands then redis.replicate_commands() end
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+local tokens = tonumber(ARGV[2])
+if tokens > 0 or tonumber(ARGV[3]) > 0 then charge(KEYS[2], tokens, ARGV[3], now_ms(), ARGV[4]) end
+return 1
+"""
+)
+
+# KEYS: spend hashes. Answers {Redis's TIME, then each hash as HGETALL gives it}: one step,
+# so the clock and the counts agree (and a Redis Cluster routes it by the keys' one slot).
+_SPEND = """
+local out = {redis.call('TIME')}
+for i, key in ipairs(KEYS) do out[i + 1] = redis.call('HGETALL', key) end
+return out
+"""
+
+Limit = Literal[
+    "requests_per_minute", "max_concurrent", "tokens_per_minute", "tokens_per_day", "budget"
+]
+_LIMITS: dict[int, Limit] = {
+    1: "requests_per_minute",
+    2: "max_concurrent",
+    3: "tokens_per_minute",
+    4: "tokens_per_day",
+    5: "budget",
+}
 
 
 def hash_key(secret: str) -> str:
@@ -99,6 +145,11 @@ class NewApiKey(BaseModel):
     # Strict: `true` is not a limit of 1.
     requests_per_minute: Annotated[StrictInt, Field(ge=1, le=10_000_000)] | None = None
     max_concurrent: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    tokens_per_minute: Annotated[StrictInt, Field(ge=1, le=10_000_000_000)] | None = None
+    tokens_per_day: Annotated[StrictInt, Field(ge=1, le=10_000_000_000_000)] | None = None
+    # Money, in the price table's currency, over each `budget_period` (UTC).
+    budget: Annotated[float, Field(gt=0, le=1e12)] | None = None
+    budget_period: Period = "month"
 
 
 class ApiKey(BaseModel):
@@ -111,11 +162,27 @@ class ApiKey(BaseModel):
     created_at: float
     requests_per_minute: int | None = None
     max_concurrent: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    budget: float | None = None
+    budget_period: Period = "month"
     sha256: str
 
     @property
     def limited(self) -> bool:
-        return self.requests_per_minute is not None or self.max_concurrent is not None
+        """Whether requests of this key are counted in Redis before they run."""
+        return (
+            self.requests_per_minute is not None or self.max_concurrent is not None or self.metered
+        )
+
+    @property
+    def metered(self) -> bool:
+        """Whether the key has token limits or a budget: each answer is charged at its end."""
+        return (
+            self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.budget is not None
+        )
 
     def public(self) -> dict[str, Any]:
         """Return the key as a listing shows it: no hash, no secret."""
@@ -127,7 +194,7 @@ class Admission:
     """The answer of the rate limiter for one request."""
 
     admitted: bool
-    limit: Literal["requests_per_minute", "max_concurrent"] | None = None
+    limit: Limit | None = None
     retry_after_s: int = 0
 
 
@@ -140,6 +207,8 @@ class ApiKeyStore:
         self._lookup = redis.register_script(_LOOKUP)
         self._revoke = redis.register_script(_REVOKE)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._finish = redis.register_script(_FINISH)
+        self._spend = redis.register_script(_SPEND)
 
     async def create(self, spec: NewApiKey) -> tuple[ApiKey, str]:
         """Store a new key; return it and its secret, which is not kept anywhere."""
@@ -173,6 +242,7 @@ class ApiKeyStore:
             self.keys.api_key_hashes,
             self.keys.rate(key_id),
             self.keys.in_flight(key_id),
+            self.keys.spend(key_id),
         ]
         record = await guard(lambda: self._revoke(keys=keys, args=[key_id]))
         if not record:
@@ -187,24 +257,53 @@ class ApiKeyStore:
         record = await guard(lambda: self._lookup(keys=keys, args=[sha256]))
         return ApiKey.model_validate_json(record) if record else None
 
-    async def acquire(self, key: ApiKey, token: str, *, lease_s: float) -> Admission:
-        """Count one request of `key` against its limits, in one atomic step."""
-        keys = [self.keys.rate(key.id), self.keys.in_flight(key.id)]
-        args: list[str | int] = [
+    async def acquire(
+        self, key: ApiKey, token: str, *, lease_s: float, spends: bool = True
+    ) -> Admission:
+        """Count one request of `key` against its limits, in one atomic step; its token limits
+        and budget are checked (against what is spent) only when the request `spends` tokens."""
+        keys = [self.keys.rate(key.id), self.keys.in_flight(key.id), self.keys.spend(key.id)]
+        args: list[str | int | float] = [
             key.requests_per_minute or 0,
             key.max_concurrent or 0,
             token,
             max(1, int(lease_s * 1000)),
+            (key.tokens_per_minute or 0) if spends else 0,
+            (key.tokens_per_day or 0) if spends else 0,
+            repr(key.budget or 0.0) if spends else 0,
+            key.budget_period,
         ]
         admitted, retry_ms, which = await guard(lambda: self._acquire(keys=keys, args=args))
         if admitted:
             return Admission(True)
-        limit: Literal["requests_per_minute", "max_concurrent"] = (
-            "requests_per_minute" if int(which) == 1 else "max_concurrent"
-        )
-        return Admission(False, limit, max(1, math.ceil(int(retry_ms) / 1000)))
+        return Admission(False, _LIMITS[int(which)], max(1, math.ceil(int(retry_ms) / 1000)))
 
-    async def release(self, key: ApiKey, token: str) -> None:
-        """Free the concurrency slot `token` held."""
-        if key.max_concurrent is not None:
-            await guard(lambda: self.redis.zrem(self.keys.in_flight(key.id), token))
+    async def finish(self, key: ApiKey, token: str | None, tokens: int, cost: float) -> None:
+        """End a request of `key`: free its concurrency slot `token` and, for a metered key,
+        charge its answer's `tokens` and `cost`, in one step."""
+        if token is None and not key.metered:
+            return
+        keys = [self.keys.in_flight(key.id), self.keys.spend(key.id)]
+        charged = key.metered and (tokens > 0 or cost > 0)
+        args: list[str | int] = [
+            token or "",
+            tokens if charged else 0,
+            repr(cost) if charged else "0",
+            key.budget_period,
+        ]
+        await guard(lambda: self._finish(keys=keys, args=args))
+
+    async def spend(self, keys: Sequence[ApiKey]) -> dict[str, Spend]:
+        """Return what each key spent now, as its limits count it."""
+        if not keys:
+            return {}
+        names = [self.keys.spend(key.id) for key in keys]
+        found = await guard(lambda: self._spend(keys=names, args=[]))
+        seconds, micros = found[0]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return {
+            key.id: read_spend(
+                dict(zip(flat[::2], flat[1::2], strict=True)), now_ms, key.budget_period
+            )
+            for key, flat in zip(keys, found[1:], strict=True)
+        }

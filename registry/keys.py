@@ -105,3 +105,21 @@ class Keys:
     def thread_runs(self, owner: str, thread_id: str) -> str:
         """Sorted set: the thread's run ids, scored by creation."""
         return f"{self._tag}:thread-runs:{owner}:{thread_id}"
+
+    def spend(self, key_id: str) -> str:
+        """Hash: what the key spent, as its token limits and budget count it (registry/spend.py)."""
+        return f"{self._tag}:spend:{key_id}"
+
+    def usage(self, unit: str, start_s: int) -> str:
+        """Hash: usage in one time bucket (`unit` m, h or d, starting at `start_s`, UTC), by
+        key, model, worker and estimated (registry/usage.py)."""
+        return f"{self._tag}:usage:{unit}:{start_s}"
+
+    def usage_flush(self, flush_id: str) -> str:
+        """String: a usage flush already applied (so a retried flush is not counted twice)."""
+        return f"{self._tag}:usage-flush:{flush_id}"
+
+    @property
+    def prices(self) -> str:
+        """Hash: model -> Price (JSON), set through the admin API; over the config file's."""
+        return f"{self._tag}:prices"

@@ -90,9 +90,10 @@ async def make_gateway(
             "data_dir": tmp_path / "data",
             "registry_check_interval_s": 1.0,
         }
+        provider = overrides.pop("tracer_provider", None)  # OpenTelemetry, for span tests
         values.update(overrides)
         settings = Settings(**values)
-        app = create_app(settings)
+        app = create_app(settings, tracer_provider=provider)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, **server_options(settings)
         )

@@ -63,6 +63,8 @@ class ModelServer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)  # sent with an error status
     received: list[Any] = field(default_factory=list)
+    headers_received: list[dict[str, str]] = field(default_factory=list)
+    reports_usage: bool = True  # False: an OpenAI or Ollama server that never says its counts
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -103,6 +105,7 @@ class ModelServer:
     async def _read(self, request: web.Request) -> Any:
         sent = orjson.loads(await request.read())
         self.received.append(sent)
+        self.headers_received.append(dict(request.headers))
         return sent
 
     def _refusal(self) -> web.Response | None:
@@ -152,7 +155,8 @@ class ModelServer:
                 message["tool_calls"] = calls
             choice = {"index": 0, "message": message, "finish_reason": turn.finish}
             return web.json_response(
-                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+                {**head, "object": "chat.completion", "choices": [choice]}
+                | ({"usage": usage} if self.reports_usage else {})
             )
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -174,7 +178,7 @@ class ModelServer:
             lines.append(chunk({"tool_calls": [first]}))
             lines.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]}))
         lines.append(chunk({}, turn.finish))
-        if (sent.get("stream_options") or {}).get("include_usage"):
+        if self.reports_usage and (sent.get("stream_options") or {}).get("include_usage"):
             lines.append(
                 b"data: "
                 + orjson.dumps(
@@ -256,6 +260,8 @@ class ModelServer:
         turn = decide(self.name, messages, limit, sent.get("tools") if chat else None)
         reason = "length" if turn.finish == "length" else "stop"
         counts = {"prompt_eval_count": turn.prompt_tokens, "eval_count": max(len(turn.pieces), 1)}
+        if not self.reports_usage:
+            counts = {}
         calls = (
             [{"function": {"name": turn.tool, "arguments": TOOL_ARGUMENTS}}] if turn.tool else []
         )

@@ -24,6 +24,12 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("name", help="who the key is for")
     create.add_argument("--rpm", type=int, help="requests per minute allowed (all replicas)")
     create.add_argument("--max-concurrent", type=int, help="requests in progress allowed")
+    create.add_argument("--tpm", type=int, help="tokens per minute allowed (all replicas)")
+    create.add_argument("--tpd", type=int, help="tokens per UTC day allowed")
+    create.add_argument("--budget", type=float, help="money per budget period (price table)")
+    create.add_argument(
+        "--budget-period", choices=("day", "week", "month"), help="of the budget (default month)"
+    )
     create.set_defaults(run=create_key)
 
     ls = verbs.add_parser("ls", parents=[common], help="list keys (never the keys themselves)")
@@ -38,8 +44,15 @@ def create_key(gateway: Gateway, args: argparse.Namespace, environ: Mapping[str,
     body: dict[str, Any] = {"name": args.name}
     if args.rpm is not None:
         body["requests_per_minute"] = args.rpm
-    if args.max_concurrent is not None:
-        body["max_concurrent"] = args.max_concurrent
+    for flag, field in (
+        ("max_concurrent", "max_concurrent"),
+        ("tpm", "tokens_per_minute"),
+        ("tpd", "tokens_per_day"),
+        ("budget", "budget"),
+        ("budget_period", "budget_period"),
+    ):
+        if getattr(args, flag) is not None:
+            body[field] = getattr(args, flag)
     answer = gateway.call("POST", "/api/server/keys", body=body)
     data = answer["data"]
     if args.json:
@@ -56,10 +69,22 @@ def list_keys(gateway: Gateway, args: argparse.Namespace, environ: Mapping[str, 
         emit_json(keys)
         return 0
     rows = [
-        [k["id"], k["name"], when(k["created_at"]), k["requests_per_minute"], k["max_concurrent"]]
+        [
+            k["id"],
+            k["name"],
+            when(k["created_at"]),
+            k["requests_per_minute"],
+            k["max_concurrent"],
+            k.get("tokens_per_minute"),
+            k.get("tokens_per_day"),
+            (k.get("spend") or {}).get("tokens_today"),
+            k.get("budget"),
+            (k.get("spend") or {}).get("cost_this_period"),
+        ]
         for k in sorted(keys, key=lambda k: k["created_at"])
     ]
-    table(["ID", "NAME", "CREATED", "RPM", "CONCURRENT"], rows, empty="no API keys")
+    columns = ["ID", "NAME", "CREATED", "RPM", "CONCURRENT", "TPM", "TPD", "TODAY", "BUDGET"]
+    table([*columns, "SPENT"], rows, empty="no API keys")
     return 0
 
 

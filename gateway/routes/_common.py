@@ -8,16 +8,22 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gateway.accounting import account
 from gateway.affinity import affinity_of
 from gateway.calls import Call
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, invalid, unknown_model
 from gateway.failover import Answer
 from gateway.fallback import Served
-from gateway.observe import note_model, note_served, note_worker
+from gateway.metering import usage_of_answer
+from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
 from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
-from templates.codecs import StreamEncoder
+from gateway.tracing import incoming
+from gateway.worker import Worker
+from templates.codecs import EmbeddingCodec, StreamEncoder, TemplateAnswers, WorkerCodec
+from templates.conversation import TextDelta, ToolCallDelta, Usage, UsageReport
+from templates.errors import ExtractError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,11 +87,48 @@ async def complete(request: web.Request, model: str, call: Call) -> Answer:
     """Get a whole answer for `call` from `model` (or what stands in for it: an alias's
     choice, a fallback), noting who answered for the access log and X-Gateway-Model."""
     note_model(request, model)
+    _trace(request, call)
     served = await request.app[DISPATCHER].complete(model, call, affinity_of(request, call))
     answer = served.result
     note_served(request, served.model)
-    note_worker(request, answer.worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
+    worker = answer.worker
+    note_worker(request, worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
+    usage: Usage | None
+    completion: str | int = 0
+    if answer.raw is not None:
+        usage = usage_of_answer(answer.raw, worker.plan.protocol)
+        if usage is None:
+            completion = _text_of(worker, call, answer.raw)
+    elif answer.reply is not None:
+        reply = answer.reply
+        usage = reply.usage
+        if usage is None:
+            completion = reply.text + "".join(c.arguments for c in reply.tool_calls)
+    else:
+        usage = answer.embeddings.usage if answer.embeddings is not None else None
+    account(request, served.model, worker, usage, call=call, completion=completion)
     return answer
+
+
+def _trace(request: web.Request, call: Call) -> None:
+    """Give `call` the request's span (OpenTelemetry on) or the client's trace context."""
+    span = request[TRACE].span
+    if span is not None:
+        call.span = span
+    else:
+        call.trace_headers = incoming(request)
+
+
+def _text_of(worker: Worker, call: Call, raw: bytes) -> str:
+    """The text of a passthrough answer that carried no usage, for an estimate."""
+    codec = worker.plan.operations[call.op].codec
+    if isinstance(codec, EmbeddingCodec) or not isinstance(codec, WorkerCodec | TemplateAnswers):
+        return ""
+    try:
+        reply = codec.answer(raw)
+    except ExtractError:
+        return ""
+    return reply.text + "".join(c.arguments for c in reply.tool_calls)
 
 
 def find_pool(request: web.Request, model: str) -> Pool:
@@ -105,6 +148,7 @@ def find_pool(request: web.Request, model: str) -> Pool:
 async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream]:
     """Start a streamed answer for `call` from `model` (or what stands in for it)."""
     note_model(request, model)
+    _trace(request, call)
     served = await request.app[DISPATCHER].open_stream(model, call, affinity_of(request, call))
     note_served(request, served.model)
     return served
@@ -124,16 +168,19 @@ async def answer(
             return web.Response(body=result.raw, content_type="application/json")
         return json_response(whole(result))
     served = await open_stream(request, model, call)
-    return await relay(request, served.result, encoder())
+    return await relay(request, served.result, encoder(), call=call)
 
 
-async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) -> web.StreamResponse:
+async def relay(
+    request: web.Request, stream: Stream, encoder: StreamEncoder, *, call: Call | None = None
+) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
     Events (a translated answer) are encoded by the client's `encoder`, which also closes the
     stream; bytes (a same-protocol worker's own stream) are relayed untouched, its own end
     marker included. If the client goes away, the handler is cancelled and the `finally`
-    closes the worker's connection at once.
+    closes the worker's connection at once. However the stream ends, its usage is accounted
+    (`call`, the request, is what a prompt is estimated from when the worker said nothing).
     """
     response = web.StreamResponse(
         headers={
@@ -147,6 +194,8 @@ async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) ->
     direct = stream.relayed and transport is not None and request.version >= (1, 1)
     if direct:
         response.enable_chunked_encoding()
+    usage: Usage | None = None
+    text: list[str] = []  # a translated answer's text, for an estimate
     try:
         await response.prepare(request)  # a StreamResponse sends its head at once
         try:
@@ -155,7 +204,16 @@ async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) ->
             else:
                 event = encoder.event
                 async for piece in stream.pieces():
-                    data = piece if isinstance(piece, bytes) else event(piece)
+                    if isinstance(piece, bytes):
+                        data = piece
+                    else:
+                        if isinstance(piece, TextDelta):
+                            text.append(piece.text)
+                        elif isinstance(piece, UsageReport):
+                            usage = piece.usage
+                        elif isinstance(piece, ToolCallDelta):
+                            text.append(piece.arguments)
+                        data = event(piece)
                     if data:
                         await response.write(data)
                 if not stream.passthrough:
@@ -166,7 +224,23 @@ async def relay(request: web.Request, stream: Stream, encoder: StreamEncoder) ->
     except ConnectionResetError:
         pass  # the client went away; closing the worker's side is all there is to do
     finally:
+        generation_s = stream.generation_s()
         await stream.aclose()
+        if stream.passthrough:
+            usage = stream.usage
+            completion: str | int = stream.estimated_completion()
+        else:
+            completion = "".join(text)
+        worker = stream.worker
+        account(
+            request,
+            worker.record.model_name,
+            worker,
+            usage,
+            call=call,
+            completion=completion,
+            generation_s=generation_s,
+        )
     return response
 
 

@@ -42,9 +42,12 @@ async def create_key(request: web.Request) -> web.Response:
 
 @routes.get("/api/server/keys", access="admin", answer=Listing)
 async def list_keys(request: web.Request) -> web.Response:
-    """List API keys: id, name, created_at and limits (never the key or its hash)."""
-    keys = await request.app[API_KEYS].list()
-    return json_response({"success": True, "data": [key.public() for key in keys]})
+    """List API keys: id, name, created_at, limits and spend (never the key or its hash)."""
+    store = request.app[API_KEYS]
+    keys = await store.list()
+    spend = await store.spend(keys)
+    data = [{**key.public(), "spend": spend[key.id].public()} for key in keys]
+    return json_response({"success": True, "data": data})
 
 
 @routes.delete("/api/server/keys/{key_id}", access="admin", answer=Done)

@@ -100,6 +100,8 @@ async def test_api_keys_are_created_listed_and_revoked(
         secret = data["key"]
         assert secret.startswith("gwk-") and len(secret) > 40
         listing = (await http.get("/api/server/keys", headers=ADMIN_HEADERS)).json()["data"]
+        assert len(listing) == 1
+        spend = listing[0].pop("spend")
         assert listing == [
             {
                 "id": data["id"],
@@ -107,8 +109,13 @@ async def test_api_keys_are_created_listed_and_revoked(
                 "created_at": data["created_at"],
                 "requests_per_minute": 10,
                 "max_concurrent": 2,
+                "tokens_per_minute": None,
+                "tokens_per_day": None,
+                "budget": None,
+                "budget_period": "month",
             }
         ]
+        assert spend["tokens_today"] == 0 and spend["cost_this_period"] == 0
         # Redis holds the hash, never the key: dump every key of this gateway's registry.
         dump = b"".join([await _value(redis, key) async for key in redis.scan_iter(match="*")])
         assert data["id"].encode() in dump

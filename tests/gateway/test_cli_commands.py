@@ -171,12 +171,13 @@ async def test_keys_and_chat_on_a_closed_gateway(
     monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN)
     add = ["workers", "add", "llama", worker.base_url, "--preset", "openai"]
     assert (await cli(*add)).code == 0
-    created = await cli("keys", "create", "team-a", "--rpm", "100")
+    created = await cli("keys", "create", "team-a", "--rpm", "100", "--tpd", "5000")
     assert created.code == 0, created.err
     key = created.out.strip()
     assert key.startswith("gwk-") and "shown this once" in created.err
     [listed] = (await cli("keys", "ls", "--json")).json()
     assert (listed["name"], listed["requests_per_minute"]) == ("team-a", 100)
+    assert (listed["tokens_per_day"], listed["spend"]["tokens_today"]) == (5000, 0)
     assert key not in (await cli("keys", "ls")).out
 
     no_key = await cli("chat", "llama", "hello")
