@@ -18,6 +18,7 @@ import pytest
 from gateway.accounting import ACCOUNTANT
 from gateway.state import ROUTER
 from tests.conftest import Gateway, GatewayFactory
+from tests.gateway.test_auth import ADMIN, ADMIN_HEADERS, bearer, create_key
 from tests.gateway.test_fidelity import registration
 from tests.gateway.test_health import until
 from tests.model_server import ModelServer, answer_words
@@ -301,13 +302,13 @@ async def test_tokens_and_speed_are_in_the_metrics_per_worker(
     assert _metric(text, "gateway_upstream_ttft_seconds_count", model="ollama") == 1
 
 
-async def test_two_gateways_on_one_redis_add_up_to_what_the_workers_reported(
+async def test_two_gateways_two_keys_three_models_add_up_to_what_the_workers_reported(
     make_gateway: GatewayFactory,
 ) -> None:
-    first, second = await make_gateway(), await make_gateway()
-    servers = [
-        ModelServer(protocol=p, name=f"m{i}") for i, p in enumerate(("openai", "ollama", "openai"))
-    ]
+    closed = {"admin_token": ADMIN, "require_api_keys": True}
+    first, second = await make_gateway(**closed), await make_gateway(**closed)
+    protocols = ("openai", "ollama", "openai")
+    servers = [ModelServer(protocol=p, name=f"m{i}") for i, p in enumerate(protocols)]
     for server in servers:
         await server.start()
     try:
@@ -318,25 +319,35 @@ async def test_two_gateways_on_one_redis_add_up_to_what_the_workers_reported(
                     "req_url_template": server.base_url,
                     "preset": server.protocol,
                 }
-                assert (await one.post("/api/server/register", json=reg)).status_code == 200
+                reply = await one.post("/api/server/register", json=reg, headers=ADMIN_HEADERS)
+                assert reply.status_code == 200, reply.text
+            keys = [await create_key(one, name) for name in ("team-a", "team-b")]
             router = second.app[ROUTER]
             await until(lambda: all(router.pool(f"m{i}") for i in range(3)))
-            expected = {f"m{i}": [0, 0] for i in range(3)}
-            for n in range(24):
+            expected: dict[tuple[str, str], list[int]] = {}
+            for n in range(36):
                 client = (one, two)[n % 2]
-                model = f"m{n % 3}"
-                path = ("/v1/chat/completions", "/api/chat")[n % 2]
-                stream = n % 4 < 2
-                reply = await client.post(
-                    path, json={"model": model, "messages": _messages(), "stream": stream}
-                )
+                model, team = f"m{n % 3}", n % 4 // 2
+                path = ("/v1/chat/completions", "/api/chat", "/v1/completions")[n % 3]
+                body: dict[str, Any] = {"model": model, "stream": n % 5 < 2}
+                if path == "/v1/completions":
+                    body["prompt"] = PROMPT
+                else:
+                    body["messages"] = _messages()
+                reply = await client.post(path, json=body, headers=bearer(keys[team]))
                 assert reply.status_code == 200, reply.text
-                expected[model][0] += PROMPT_TOKENS
-                expected[model][1] += len(answer_words(model, PROMPT))
+                counts = expected.setdefault((("team-a", "team-b")[team], model), [0, 0])
+                counts[0] += PROMPT_TOKENS
+                counts[1] += len(answer_words(model, PROMPT))
             await settle(first, second)
-            report = await usage_report(two, group_by="model")
+            reply = await two.get("/api/server/usage", headers=ADMIN_HEADERS)
+            assert reply.status_code == 200, reply.text
     finally:
         for server in servers:
             await server.stop()
-    got = {row["model"]: [row["prompt_tokens"], row["completion_tokens"]] for row in report["data"]}
+    got = {
+        (row["key_name"], row["model"]): [row["prompt_tokens"], row["completion_tokens"]]
+        for row in reply.json()["data"]
+    }
     assert got == expected
+    assert len(got) == 6  # two keys x three models
