@@ -7,7 +7,7 @@ no usage is invented here.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -52,11 +52,13 @@ class TemplateAnswers:
     usage: Mapping[str, Extractor] | None = None  # USAGE_FIELDS -> where the count is
     finish: Extractor | None = None
 
-    @property
-    def costly(self) -> bool:
-        """Whether reading an answer may cost work that grows with it (JSONPath wildcards)."""
+    # Whether reading an answer may cost work that grows with it (JSONPath wildcards): fixed at
+    # compile time, read on every answer.
+    costly: bool = field(init=False)
+
+    def __post_init__(self) -> None:
         paths = [self.text, self.finish, *(self.usage or {}).values()]
-        return any(p is not None and p.costly for p in paths)
+        object.__setattr__(self, "costly", any(p is not None and p.costly for p in paths))
 
     def answer(self, raw: bytes) -> Reply:
         if self.text.is_raw and not self.usage and self.finish is None:

@@ -12,7 +12,7 @@ import anthropic
 import pytest
 
 from tests.conftest import Gateway, GatewayFactory
-from tests.gateway.test_fidelity import registration
+from tests.gateway.test_fidelity import start_fleet
 from tests.model_server import TOOL_ARGUMENTS, ModelServer, answer_words
 
 KINDS = ("anthropic", "openai", "ollama", "template", "template-stream")
@@ -26,14 +26,7 @@ WEATHER = {
 
 @pytest.fixture
 async def fleet(gateway: Gateway) -> AsyncIterator[dict[str, ModelServer]]:
-    servers = {}
-    async with gateway.client() as client:
-        for kind in KINDS:
-            server = ModelServer(protocol=kind.split("-")[0], name=kind)
-            await server.start()
-            servers[kind] = server
-            reply = await client.post("/api/server/register", json=registration(kind, server))
-            assert reply.status_code == 200, reply.text
+    servers = await start_fleet(gateway, KINDS)
     yield servers
     for server in servers.values():
         await server.stop()

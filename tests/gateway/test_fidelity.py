@@ -50,16 +50,22 @@ def registration(kind: str, server: ModelServer) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
-async def fleet(gateway: Gateway) -> AsyncIterator[dict[str, ModelServer]]:
+async def start_fleet(gateway: Gateway, kinds: tuple[str, ...]) -> dict[str, ModelServer]:
+    """Start one fake model server per worker kind and register it as model `kind`."""
     servers = {}
     async with gateway.client() as client:
-        for kind in KINDS:
+        for kind in kinds:
             server = ModelServer(protocol=kind.split("-")[0], name=kind)
             await server.start()
             servers[kind] = server
             reply = await client.post("/api/server/register", json=registration(kind, server))
             assert reply.status_code == 200, reply.text
+    return servers
+
+
+@pytest.fixture
+async def fleet(gateway: Gateway) -> AsyncIterator[dict[str, ModelServer]]:
+    servers = await start_fleet(gateway, KINDS)
     yield servers
     for server in servers.values():
         await server.stop()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import Gateway, GatewayFactory
-from tests.gateway.test_fidelity import registration
+from tests.gateway.test_fidelity import start_fleet
 from tests.model_server import TOOL_ARGUMENTS, ModelServer, answer_words
 
 KINDS = ("openai", "ollama", "template", "template-stream", "anthropic")
@@ -23,18 +23,6 @@ WEATHER: Any = {
     "description": "the forecast for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
-
-
-async def start_fleet(gateway: Gateway, kinds: tuple[str, ...]) -> dict[str, ModelServer]:
-    servers = {}
-    async with gateway.client() as client:
-        for kind in kinds:
-            server = ModelServer(protocol=kind.split("-")[0], name=kind)
-            await server.start()
-            servers[kind] = server
-            reply = await client.post("/api/server/register", json=registration(kind, server))
-            assert reply.status_code == 200, reply.text
-    return servers
 
 
 @pytest.fixture

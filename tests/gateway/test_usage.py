@@ -19,7 +19,7 @@ from gateway.accounting import ACCOUNTANT
 from gateway.state import ROUTER
 from tests.conftest import Gateway, GatewayFactory
 from tests.gateway.test_auth import ADMIN, ADMIN_HEADERS, bearer, create_key
-from tests.gateway.test_fidelity import registration
+from tests.gateway.test_fidelity import registration, start_fleet
 from tests.gateway.test_health import until
 from tests.model_server import ModelServer, answer_words
 
@@ -30,14 +30,7 @@ PROMPT_TOKENS = 4  # the fake counts words
 
 @pytest.fixture
 async def fleet(gateway: Gateway) -> AsyncIterator[dict[str, ModelServer]]:
-    servers = {}
-    async with gateway.client() as client:
-        for kind in KINDS:
-            server = ModelServer(protocol=kind.split("-")[0], name=kind)
-            await server.start()
-            servers[kind] = server
-            reply = await client.post("/api/server/register", json=registration(kind, server))
-            assert reply.status_code == 200, reply.text
+    servers = await start_fleet(gateway, KINDS)
     yield servers
     for server in servers.values():
         await server.stop()
