@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.calls import Call
-from gateway.metering import prompt_tokens, text_tokens
+from gateway.metering import Counts, prompt_tokens, text_tokens
 from gateway.metrics import Metrics
 from gateway.observe import TRACE
 from gateway.tracing import note_usage
@@ -224,7 +224,7 @@ def account(
     request: web.Request,
     model: str,
     worker: Worker,
-    usage: Usage | None,
+    usage: Usage | Counts | None,
     *,
     call: Call | None = None,
     completion: str | int = "",
@@ -233,14 +233,17 @@ def account(
     """Account the final usage of one answer; call it once per answer a worker gave.
 
     `model` is the model that answered (an alias's choice or a fallback, not the name asked);
-    `usage` is what the worker reported, or None when it reported nothing: then the prompt is
-    estimated from `call` (the client's body, or its decoded request) and the completion from
-    `completion`, the answer's text (or a token count the caller estimated itself), and the
-    record is marked estimated. `generation_s` is how long the worker took to generate (for
-    tokens per second of a stream); None to leave that out. Never waits.
+    `usage` is what the worker reported (a Usage, or its `Counts`), or None when it reported
+    nothing: then the prompt is estimated from `call` (the client's body, or its decoded
+    request) and the completion from `completion`, the answer's text (or a token count the
+    caller estimated itself), and the record is marked estimated. `generation_s` is how long
+    the worker took to generate (for tokens per second of a stream); None to leave that out.
+    Never waits.
     """
     accountant = request.app[ACCOUNTANT]
-    if usage is not None:
+    if isinstance(usage, tuple):
+        prompt, produced, cached = usage
+    elif usage is not None:
         prompt, produced, cached = usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
     else:
         prompt = prompt_tokens(call.body, call.request) if call is not None else 0

@@ -16,7 +16,6 @@ is never decoded, one token per streamed event. Estimated counts are marked as s
 they are recorded.
 """
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -36,6 +35,10 @@ _OPENAI_PLAIN = re.compile(
     rb'"usage"\s*:\s*\{\s*"prompt_tokens"\s*:\s*(\d+)\s*,\s*"completion_tokens"\s*:\s*(\d+)'
     rb'\s*,\s*"total_tokens"\s*:\s*\d+\s*\}'
 )
+# The same without spaces, as most servers write it: the prefix is compared as bytes and only
+# the counts go through the regex (each `\s*` above is a loop of its own in `re`).
+_COMPACT_PREFIX = b'"usage":{"prompt_tokens":'
+_COMPACT_COUNTS = re.compile(rb'(\d+),"completion_tokens":(\d+),"total_tokens":\d+\}')
 BYTES_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 
@@ -43,20 +46,45 @@ TOKENS_PER_MESSAGE = 4
 # Whole answers.
 
 
+# (prompt, completion, cached) tokens: what accounting needs of a Usage, without making one
+# (a frozen dataclass costs about 2k instructions per field to build).
+Counts = tuple[int, int, int | None]
+
+
+def counts_of_answer(raw: bytes, protocol: str) -> Counts | None:
+    """`usage_of_answer` as counts: what every passed-through answer's accounting reads."""
+    if protocol == "openai":
+        plain = _openai_plain(raw)
+        if plain is not None:
+            return int(plain[1]), int(plain[2]), None
+    usage = usage_of_answer(raw, protocol)
+    if usage is None:
+        return None
+    return usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+
+
 def usage_of_answer(raw: bytes, protocol: str) -> Usage | None:
     """The usage in a worker's own whole answer (OpenAI, Ollama or Anthropic), or None."""
     if protocol == "ollama":
         return _ollama_counts(raw)
     if protocol == "openai":
-        # What OpenAI-compatible servers send, in this order: read without parsing anything.
-        at = raw.rfind(b'"usage"')
-        plain = _OPENAI_PLAIN.match(raw, at) if at >= 0 else None
+        plain = _openai_plain(raw)
         if plain is not None:
             return Usage(int(plain[1]), int(plain[2]))
     found = _object_after(raw, b'"usage"')
     if found is None:
         return None
     return _anthropic_usage(found) if protocol == "anthropic" else _openai_usage(found)
+
+
+def _openai_plain(raw: bytes) -> re.Match[bytes] | None:
+    """What OpenAI-compatible servers send, in this order: read without parsing anything."""
+    at = raw.rfind(b'"usage"')
+    if at < 0:
+        return None
+    if raw.startswith(_COMPACT_PREFIX, at):
+        return _COMPACT_COUNTS.match(raw, at + len(_COMPACT_PREFIX))
+    return _OPENAI_PLAIN.match(raw, at)
 
 
 def _object_after(raw: bytes, name: bytes) -> dict[str, Any] | None:
@@ -255,7 +283,7 @@ class UsageTap:
 def text_tokens(text: str) -> int:
     """Estimate the tokens of `text` (about 4 bytes of UTF-8 per token)."""
     size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
-    return math.ceil(size / BYTES_PER_TOKEN)
+    return -(-size // BYTES_PER_TOKEN)  # rounded up, in ints
 
 
 def prompt_tokens(body: Mapping[str, Any] | None, decoded: Callable[[], Any]) -> int:
@@ -267,8 +295,10 @@ def prompt_tokens(body: Mapping[str, Any] | None, decoded: Callable[[], Any]) ->
     if isinstance(request, Conversation):
         if request.prompt is not None:
             return text_tokens(request.prompt)
-        chat = sum(text_tokens(m.text) for m in request.messages)
-        return chat + TOKENS_PER_MESSAGE * len(request.messages)
+        tokens = 0
+        for message in request.messages:  # a loop: no generator made per answer
+            tokens += TOKENS_PER_MESSAGE + text_tokens(message.text)
+        return tokens
     if isinstance(request, EmbeddingRequest):
         return sum(text_tokens(text) for text in request.inputs)
     return 0

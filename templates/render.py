@@ -9,7 +9,7 @@ substitution happens per request (a prompt that contains `{MODEL_NAME}` stays li
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -262,21 +262,50 @@ class RequestPlan:
     url: TextTemplate
     headers: tuple[tuple[str, TextTemplate], ...]
     body: BodyTemplate | None
+    # The URL and the headers when no placeholder is left in them (the usual worker: its model
+    # name is baked into the URL at registration, its headers are constants): made once here,
+    # not on every request. None when a request value goes in.
+    fixed_url: str | None = field(init=False, compare=False, repr=False)
+    fixed_headers: dict[str, str] | None = field(init=False, compare=False, repr=False)
+    # Every placeholder the request uses, so that values it does not use need not be made.
+    names: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = self.url.names.union(*(tpl.names for _, tpl in self.headers))
+        if self.body is not None:
+            names |= self.body.names
+        object.__setattr__(self, "names", names)
+        url = None if self.url.names else self.url.render({}, url_encode=True)
+        object.__setattr__(self, "fixed_url", url)
+        headers = None
+        if not any(tpl.names for _, tpl in self.headers):
+            headers = {name: _header_safe(tpl.render({})) for name, tpl in self.headers}
+        object.__setattr__(self, "fixed_headers", headers)
 
     def render(self, values: Values) -> RenderedRequest:
         """Fill in `values`; raise TemplateError for a value JSON cannot carry (nested too deep)."""
         try:
-            headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
+            headers = self._headers(values)
             body = self.body.render(values) if self.body is not None else None
-            url = self.url.render(values, url_encode=True)
+            url = self.fixed_url
+            if url is None:
+                url = self.url.render(values, url_encode=True)
         except orjson.JSONEncodeError as exc:
             raise TemplateError(f"a request value cannot be sent as JSON: {exc}") from exc
         return RenderedRequest(self.method, url, headers, body)
 
     def head(self, values: Values, body: bytes) -> RenderedRequest:
         """Fill in the URL and headers only, with `body` (a codec's, or the client's own)."""
-        headers = {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
-        return RenderedRequest(self.method, self.url.render(values, url_encode=True), headers, body)
+        url = self.fixed_url
+        if url is None:
+            url = self.url.render(values, url_encode=True)
+        return RenderedRequest(self.method, url, self._headers(values), body)
+
+    def _headers(self, values: Values) -> dict[str, str]:
+        # A new dict every time: the caller adds the request's own (X-Request-ID, traceparent).
+        if self.fixed_headers is not None:
+            return self.fixed_headers.copy()
+        return {name: _header_safe(tpl.render(values)) for name, tpl in self.headers}
 
 
 def compile_request(

@@ -14,7 +14,7 @@ from gateway.calls import Call
 from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, invalid, unknown_model
 from gateway.failover import Answer
 from gateway.fallback import Served
-from gateway.metering import usage_of_answer
+from gateway.metering import Counts, counts_of_answer
 from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
 from gateway.state import DISPATCHER, ROUTER
@@ -93,17 +93,19 @@ async def complete(request: web.Request, model: str, call: Call) -> Answer:
     note_served(request, served.model)
     worker = answer.worker
     note_worker(request, worker.label, tries=answer.tries, upstream_s=answer.upstream_s)
-    usage: Usage | None
+    usage: Usage | Counts | None
     completion: str | int = 0
     if answer.raw is not None:
-        usage = usage_of_answer(answer.raw, worker.plan.protocol)
+        usage = counts_of_answer(answer.raw, worker.plan.protocol)
         if usage is None:
             completion = _text_of(worker, call, answer.raw)
     elif answer.reply is not None:
         reply = answer.reply
         usage = reply.usage
         if usage is None:
-            completion = reply.text + "".join(c.arguments for c in reply.tool_calls)
+            completion = reply.text
+            if reply.tool_calls:  # no generator made for the usual answer without any
+                completion += "".join(c.arguments for c in reply.tool_calls)
     else:
         usage = answer.embeddings.usage if answer.embeddings is not None else None
     account(request, served.model, worker, usage, call=call, completion=completion)

@@ -7,6 +7,7 @@ no usage is invented here.
 """
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +31,25 @@ from templates.extract import Extractor
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
 
-def values(conv: Conversation) -> dict[str, Any]:
-    """The placeholder values of a conversation: its last user text is {USER_PROMPT}."""
+def values(conv: Conversation, names: AbstractSet[str] | None = None) -> dict[str, Any]:
+    """The placeholder values of a conversation: its last user text is {USER_PROMPT}.
+
+    `names` are the placeholders the worker's template uses (`RequestPlan.names`): the
+    messages and the system prompt, which cost a list of dicts and a join per request, are
+    only made when it uses them (a seed template has only {USER_PROMPT}). None: all of them.
+    """
     p = conv.params
-    return {
+    found: dict[str, Any] = {
         placeholders.USER_PROMPT: conv.last_user_text,
-        placeholders.SYSTEM_PROMPT: conv.system,
-        placeholders.MESSAGES: messages_json(conv.messages),
         placeholders.MODEL_TEMPERATURE: p.temperature,
         placeholders.TOP_P: p.top_p,
         placeholders.MAX_TOKENS: p.max_tokens,
     }
+    if names is None or placeholders.SYSTEM_PROMPT in names:
+        found[placeholders.SYSTEM_PROMPT] = conv.system
+    if names is None or placeholders.MESSAGES in names:
+        found[placeholders.MESSAGES] = messages_json(conv.messages)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

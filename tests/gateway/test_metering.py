@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from gateway.metering import UsageTap, usage_of_answer
+from gateway.metering import UsageTap, counts_of_answer, usage_of_answer
 from templates.conversation import Usage
 
 
@@ -93,3 +93,25 @@ def test_whole_answers_give_the_usage_object_only() -> None:
     assert usage_of_answer(anthropic, "anthropic") == Usage(5, 2)
     assert usage_of_answer(b'{"choices": []}', "openai") is None
     assert usage_of_answer(b'{"usage": {"prompt_tokens": ', "openai") is None
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        b'"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}',
+        b'"usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}',
+        b'"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42 }',
+        b'"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,'
+        b'"prompt_tokens_details":{"cached_tokens":8}}',
+        b'"usage":{"completion_tokens":30,"prompt_tokens":12,"total_tokens":42}',
+    ],
+)
+def test_counts_of_an_answer_are_its_usage_however_the_worker_spaced_it(usage: bytes) -> None:
+    raw = b'{"id":"x","choices":[{"message":{"content":"hi"}}],' + usage + b"}"
+    found = usage_of_answer(raw, "openai")
+    assert found is not None and found.prompt_tokens == 12 and found.completion_tokens == 30
+    counts = counts_of_answer(raw, "openai")
+    assert counts == (found.prompt_tokens, found.completion_tokens, found.cached_tokens)
+    assert counts_of_answer(b'{"choices": []}', "openai") is None
+    ollama = b'{"response":"x","prompt_eval_count":11,"eval_count":4}'
+    assert counts_of_answer(ollama, "ollama") == (11, 4, None)
