@@ -254,3 +254,21 @@ def test_a_registered_worker_serves_its_upstream_model_name_in_the_url() -> None
 def test_model_name_is_still_filled_per_request_when_not_given_at_compile_time() -> None:
     plan = compile_worker(url="http://h/{MODEL_NAME}/x", body={"p": "{USER_PROMPT}"})
     assert plan.operations["chat"].plan.render({"MODEL_NAME": "m2"}).url == "http://h/m2/x"
+
+
+def test_fixed_url_and_headers_are_the_same_for_every_request_and_never_shared() -> None:
+    body = {"input": "{USER_PROMPT}"}
+    plan = compile_request("POST", "http://w/x", {"Authorization": "Bearer k"}, body)
+    first = plan.render({"USER_PROMPT": "a"})
+    first.headers["X-Request-ID"] = "one"  # what the request path adds to its own copy
+    second = plan.render({"USER_PROMPT": "b"})
+    assert second.url == first.url == "http://w/x"
+    assert second.headers == {"Authorization": "Bearer k", "Content-Type": "application/json"}
+    assert orjson.loads(second.body or b"") == {"input": "b"}
+    head = plan.head({}, b"{}")
+    assert head.headers == second.headers and head.url == "http://w/x"
+    # A header or URL with a placeholder is still filled in per request.
+    plan = compile_request("POST", "http://w/{MODEL_NAME}", {"X-P": "{USER_PROMPT}"}, body)
+    assert plan.names == {"MODEL_NAME", "USER_PROMPT"}
+    rendered = plan.render({"USER_PROMPT": "hi\nthere", "MODEL_NAME": "m"})
+    assert rendered.url == "http://w/m" and rendered.headers["X-P"] == "hi there"
