@@ -17,6 +17,7 @@ from gateway.fallback import Served
 from gateway.metering import usage_of_answer
 from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
+from gateway.resume import Resuming
 from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
 from gateway.tracing import incoming
@@ -145,7 +146,7 @@ def find_pool(request: web.Request, model: str) -> Pool:
     raise unknown_model(model, router.models())
 
 
-async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream]:
+async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream | Resuming]:
     """Start a streamed answer for `call` from `model` (or what stands in for it)."""
     note_model(request, model)
     _trace(request, call)
@@ -172,7 +173,11 @@ async def answer(
 
 
 async def relay(
-    request: web.Request, stream: Stream, encoder: StreamEncoder, *, call: Call | None = None
+    request: web.Request,
+    stream: Stream | Resuming,
+    encoder: StreamEncoder,
+    *,
+    call: Call | None = None,
 ) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
@@ -199,7 +204,7 @@ async def relay(
     try:
         await response.prepare(request)  # a StreamResponse sends its head at once
         try:
-            if direct and transport is not None:
+            if direct and transport is not None and isinstance(stream, Stream):
                 await stream.forward(_ChunkedSink(transport))
             else:
                 event = encoder.event
@@ -217,6 +222,7 @@ async def relay(
                     if data:
                         await response.write(data)
                 if not stream.passthrough:
+                    encoder.note = stream.note
                     await response.write(encoder.end())
         except StreamBroken as exc:
             await response.write(encoder.error(str(exc)))

@@ -226,6 +226,7 @@ async def test_context_too_long_falls_back_and_keeps_the_asked_model_name(
         assert {chunk.model for chunk in chunks} == {"short"}
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == "long says a long story"
+        await client.close()
 
 
 async def test_a_plain_bad_request_is_no_context_error(
