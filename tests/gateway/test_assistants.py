@@ -183,17 +183,23 @@ class Collect(AsyncAssistantEventHandler):
         self.done.append(text.value)
 
 
+async def stream_run(client: openai.AsyncOpenAI, thread_id: str, assistant_id: str) -> Collect:
+    """Run the thread streamed, through the SDK's event handler; return what it saw."""
+    handler = Collect()
+    async with client.beta.threads.runs.stream(
+        thread_id=thread_id, assistant_id=assistant_id, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    return handler
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_streamed_run_reaches_the_event_handler(
     client: openai.AsyncOpenAI, fleet: dict[str, ModelServer], kind: str
 ) -> None:
     assistant = await client.beta.assistants.create(model=kind, instructions=INSTRUCTIONS)
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    handler = Collect()
-    async with client.beta.threads.runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=handler
-    ) as stream:
-        await stream.until_done()
+    handler = await stream_run(client, thread.id, assistant.id)
     assert "".join(handler.deltas) == expected(kind)
     assert handler.done == [expected(kind)]
     assert handler.events[:3] == [
@@ -516,11 +522,7 @@ async def test_function_calls_in_a_streamed_run(
     runs = client.beta.threads.runs
     assistant = await client.beta.assistants.create(model="openai", tools=[WEATHER])
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    first = Collect()
-    async with runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=first
-    ) as stream:
-        await stream.until_done()
+    first = await stream_run(client, thread.id, assistant.id)
     assert first.events[-1] == "thread.run.requires_action" and first.deltas == []
     run = first.current_run
     assert run is not None and run.required_action is not None
@@ -576,11 +578,7 @@ async def test_a_worker_dying_mid_stream_fails_the_run_and_keeps_its_text(
     await register_protocol_worker(gateway, "dying", dying)
     assistant = await client.beta.assistants.create(model="dying")
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    handler = Collect()
-    async with client.beta.threads.runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=handler
-    ) as stream:
-        await stream.until_done()
+    handler = await stream_run(client, thread.id, assistant.id)
     said = "".join(handler.deltas)
     assert said and "w says tell me a story".startswith(said) and said != "w says tell me a story"
     assert handler.events[-2:] == ["thread.message.incomplete", "thread.run.failed"]
