@@ -3,7 +3,7 @@ messages kept in Redis, runs polled and streamed against an OpenAI-compatible wo
 and a seed-style template worker, ownership by API key, replicas, refusals and limits."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import openai
@@ -268,18 +268,20 @@ async def test_assistants_of_one_key_are_not_found_by_another(
             thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
         )
         assert run.status == "completed"
-        for attempt in (
-            b.beta.assistants.retrieve(assistant.id),
-            b.beta.threads.retrieve(thread.id),
-            b.beta.threads.messages.list(thread.id),
-            b.beta.threads.messages.create(thread.id, role="user", content="mine now"),
-            b.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
-            b.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id),
-            b.beta.assistants.delete(assistant.id),
-            b.beta.threads.delete(thread.id),
-        ):
+        # Made one at a time: a coroutine left unawaited by a failure would warn in another test.
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            lambda: b.beta.assistants.retrieve(assistant.id),
+            lambda: b.beta.threads.retrieve(thread.id),
+            lambda: b.beta.threads.messages.list(thread.id),
+            lambda: b.beta.threads.messages.create(thread.id, role="user", content="mine now"),
+            lambda: b.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
+            lambda: b.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id),
+            lambda: b.beta.assistants.delete(assistant.id),
+            lambda: b.beta.threads.delete(thread.id),
+        ]
+        for attempt in attempts:
             with pytest.raises(openai.NotFoundError):
-                await attempt
+                await attempt()
         assert (await b.beta.assistants.list()).data == []
         # B's own assistant cannot run A's thread either, nor A's assistant B's thread.
         own = await b.beta.assistants.create(model="openai")

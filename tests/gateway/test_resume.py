@@ -103,25 +103,24 @@ async def test_the_text_is_whole_after_its_worker_dies_mid_stream_fifty_times(
     gateway = await make_gateway(eject_after_failures=1000)
     await fleet(gateway, servers, ("openai", "openai"))
     rng = random.Random(15)
-    client = openai_client(gateway)
-    for attempt in range(50):
-        cut = rng.randrange(1, TOKENS)
-        for server in servers:
-            server.breaks = [("die", cut)]  # whichever gets the request dies after `cut` tokens
-        text, finish, note, usage = await openai_chat(client)
-        assert text == WHOLE, (attempt, cut)
-        assert finish == "stop"
-        assert note == {"resumed": 1}, (attempt, cut)
-        # Counted as one uninterrupted worker would: the same prompt and completion.
-        assert usage == (PROMPT_TOKENS, TOKENS), (attempt, cut)
-        for server in servers:
-            server.breaks.clear()
+    async with openai_client(gateway) as client:
+        for attempt in range(50):
+            cut = rng.randrange(1, TOKENS)
+            for server in servers:
+                server.breaks = [("die", cut)]  # whichever gets the request dies after `cut` tokens
+            text, finish, note, usage = await openai_chat(client)
+            assert text == WHOLE, (attempt, cut)
+            assert finish == "stop"
+            assert note == {"resumed": 1}, (attempt, cut)
+            # Counted as one uninterrupted worker would: the same prompt and completion.
+            assert usage == (PROMPT_TOKENS, TOKENS), (attempt, cut)
+            for server in servers:
+                server.breaks.clear()
     continued = [r for s in servers for r in s.received if r["messages"][-1]["role"] == "assistant"]
     assert len(continued) == 50
     assert all(r["continue_final_message"] is True for r in continued)
     assert all(r["add_generation_prompt"] is False for r in continued)
     assert await resumes(gateway, "resumed") == 50
-    await client.close()
 
 
 async def test_a_stalled_worker_is_left_and_the_stream_goes_on(
@@ -131,10 +130,9 @@ async def test_a_stalled_worker_is_left_and_the_stream_goes_on(
     await fleet(gateway, servers, ("openai", "openai"), timeout_s=0.5)
     for server in servers:
         server.breaks = [("stall", 9)]
-    client = openai_client(gateway)
-    text, finish, note, _ = await openai_chat(client)
+    async with openai_client(gateway) as client:
+        text, finish, note, _ = await openai_chat(client)
     assert (text, finish, note) == (WHOLE, "stop", {"resumed": 1})
-    await client.close()
 
 
 async def test_without_resume_streams_a_broken_stream_ends_with_an_error(
@@ -144,11 +142,10 @@ async def test_without_resume_streams_a_broken_stream_ends_with_an_error(
     await fleet(gateway, servers, ("openai", "openai"), resume_streams=False)
     for server in servers:
         server.breaks = [("die", 9)]
-    client = openai_client(gateway)
-    with pytest.raises(openai.APIError, match="stopped mid-answer"):
-        await openai_chat(client)
+    async with openai_client(gateway) as client:
+        with pytest.raises(openai.APIError, match="stopped mid-answer"):
+            await openai_chat(client)
     assert sum(len(s.received) for s in servers) == 1
-    await client.close()
 
 
 async def test_max_tokens_counts_what_was_sent_before_the_break(
@@ -158,11 +155,10 @@ async def test_max_tokens_counts_what_was_sent_before_the_break(
     await fleet(gateway, servers, ("openai", "openai"))
     for server in servers:
         server.breaks = [("die", 12)]
-    client = openai_client(gateway)
-    text, finish, note, usage = await openai_chat(client, max_tokens=20)
+    async with openai_client(gateway) as client:
+        text, finish, note, usage = await openai_chat(client, max_tokens=20)
     assert text == "".join(story(QUESTION)[:20])
     assert (finish, note, usage) == ("length", {"resumed": 1}, (PROMPT_TOKENS, 20))
-    await client.close()
 
 
 async def test_a_stream_is_resumed_as_often_as_resume_tries_allows(
@@ -174,29 +170,27 @@ async def test_a_stream_is_resumed_as_often_as_resume_tries_allows(
     for server in servers:
         server.breaks_continuations = True
         server.breaks = shared
-    client = openai_client(gateway)
-    text, finish, note, usage = await openai_chat(client)
-    assert (text, finish, note) == (WHOLE, "stop", {"resumed": 2})
-    assert usage == (PROMPT_TOKENS, TOKENS)
+    async with openai_client(gateway) as client, gateway.client() as http:
+        text, finish, note, usage = await openai_chat(client)
+        assert (text, finish, note) == (WHOLE, "stop", {"resumed": 2})
+        assert usage == (PROMPT_TOKENS, TOKENS)
 
-    async with gateway.client() as http:
         reply = await http.put(f"/api/server/models/{MODEL}", json={"resume_streams": True})
         assert reply.status_code == 200  # resume_tries back to its default...
         reply = await http.put(
             f"/api/server/models/{MODEL}", json={"resume_streams": True, "resume_tries": 1}
         )
         assert reply.status_code == 200  # ... and down to one
-    shared.extend([("die", 7), ("die", 7)])
-    got: list[str] = []
-    with pytest.raises(openai.APIError, match="stopped mid-answer"):
-        stream = await client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
-        )
-        async for chunk in stream:
-            got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        shared.extend([("die", 7), ("die", 7)])
+        got: list[str] = []
+        with pytest.raises(openai.APIError, match="stopped mid-answer"):
+            stream = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
+            )
+            async for chunk in stream:
+                got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
     assert len("".join(got)) > 0 and WHOLE.startswith("".join(got))
     assert await resumes(gateway, "failed") == 1
-    await client.close()
 
 
 async def test_a_tool_call_cut_midway_is_never_resumed(
@@ -206,19 +200,18 @@ async def test_a_tool_call_cut_midway_is_never_resumed(
     await fleet(gateway, servers, ("openai", "openai"))
     for server in servers:
         server.breaks = [("die", 2)]  # after the call's name and its first argument fragment
-    client = openai_client(gateway)
     tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.APIError, match="stopped mid-answer"):
-        stream = await client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": QUESTION}],
-            tools=[tool],  # type: ignore[list-item]
-            stream=True,
-        )
-        async for _ in stream:
-            pass
+    async with openai_client(gateway) as client:
+        with pytest.raises(openai.APIError, match="stopped mid-answer"):
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": QUESTION}],
+                tools=[tool],  # type: ignore[list-item]
+                stream=True,
+            )
+            async for _ in stream:
+                pass
     assert sum(len(s.received) for s in servers) == 1  # no worker was asked to go on
-    await client.close()
 
 
 async def test_only_workers_that_can_continue_are_asked_to(
@@ -240,11 +233,10 @@ async def test_only_workers_that_can_continue_are_asked_to(
             }
             reply = await http.post("/api/server/register", json=body)
             assert reply.status_code == 200, reply.text
-        client = openai_client(gateway)
-        with pytest.raises(openai.APIError, match="no worker could go on"):
-            await openai_chat(client)
+        async with openai_client(gateway) as client:
+            with pytest.raises(openai.APIError, match="no worker could go on"):
+                await openai_chat(client)
         assert template.received == []  # a template has nowhere to put an answer's start
-        await client.close()
     finally:
         await template.stop()
 
@@ -267,21 +259,20 @@ async def test_resume_settings_are_checked(make_gateway: GatewayFactory) -> None
 
 
 async def via_anthropic(gateway: Gateway) -> tuple[str, Any]:
-    client = anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0)
     text: list[str] = []
     note = None
-    stream = await client.messages.create(
-        model=MODEL,
-        max_tokens=100,
-        messages=[{"role": "user", "content": QUESTION}],
-        stream=True,
-    )
-    async for event in stream:
-        if event.type == "content_block_delta" and event.delta.type == "text_delta":
-            text.append(event.delta.text)
-        elif event.type == "message_delta":
-            note = (event.model_extra or {}).get("gateway")
-    await client.close()
+    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0) as client:
+        stream = await client.messages.create(
+            model=MODEL,
+            max_tokens=100,
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+        )
+        async for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text.append(event.delta.text)
+            elif event.type == "message_delta":
+                note = (event.model_extra or {}).get("gateway")
     return "".join(text), note
 
 
@@ -289,13 +280,12 @@ UNSEEN = object()  # a client whose models drop the fields they do not know
 
 
 async def via_ollama(gateway: Gateway) -> tuple[str, Any]:
-    client = ollama.AsyncClient(host=gateway.url)
     text: list[str] = []
-    async for part in await client.chat(
-        model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
-    ):
-        text.append(part.message.content or "")
-    await client.close()
+    async with ollama.AsyncClient(host=gateway.url) as client:
+        async for part in await client.chat(
+            model=MODEL, messages=[{"role": "user", "content": QUESTION}], stream=True
+        ):
+            text.append(part.message.content or "")
     return "".join(text), UNSEEN
 
 
@@ -316,32 +306,30 @@ async def via_ollama_lines(gateway: Gateway) -> tuple[str, Any]:
 
 
 async def via_responses(gateway: Gateway) -> tuple[str, Any]:
-    client = openai_client(gateway)
     text: list[str] = []
     note = None
-    stream = await client.responses.create(model=MODEL, input=QUESTION, stream=True)
-    async for event in stream:
-        if event.type == "response.output_text.delta":
-            text.append(event.delta)
-        elif event.type == "response.completed":
-            note = (event.model_extra or {}).get("gateway")
-    await client.close()
+    async with openai_client(gateway) as client:
+        stream = await client.responses.create(model=MODEL, input=QUESTION, stream=True)
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                text.append(event.delta)
+            elif event.type == "response.completed":
+                note = (event.model_extra or {}).get("gateway")
     return "".join(text), note
 
 
 async def via_completions(gateway: Gateway) -> tuple[str, Any]:
-    client = openai_client(gateway)
     text: list[str] = []
     note = None
-    stream = await client.completions.create(
-        model=MODEL, prompt=QUESTION + "\n\n", max_tokens=100, stream=True
-    )
-    async for chunk in stream:
-        if chunk.choices:
-            text.append(chunk.choices[0].text)
-            if chunk.choices[0].finish_reason:
-                note = (chunk.model_extra or {}).get("gateway")
-    await client.close()
+    async with openai_client(gateway) as client:
+        stream = await client.completions.create(
+            model=MODEL, prompt=QUESTION + "\n\n", max_tokens=100, stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                text.append(chunk.choices[0].text)
+                if chunk.choices[0].finish_reason:
+                    note = (chunk.model_extra or {}).get("gateway")
     return "".join(text), note
 
 
@@ -390,9 +378,8 @@ async def test_a_resumed_stream_is_accounted_once_as_the_client_saw_it(
     await fleet(gateway, servers, ("openai", "openai"))
     for server in servers:
         server.breaks = [("die", 20)]
-    client = openai_client(gateway)
-    await openai_chat(client)
-    await client.close()
+    async with openai_client(gateway) as client:
+        await openai_chat(client)
     async with gateway.client() as http:
 
         async def totals() -> Any:
