@@ -300,6 +300,14 @@ def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, byte
     return _exchange(request, timeout_s)
 
 
+def http_put(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """PUT JSON `body`; return the status and the raw answer, error statuses included."""
+    request = urllib.request.Request(
+        url, data=body, method="PUT", headers={"Content-Type": "application/json"}
+    )
+    return _exchange(request, timeout_s)
+
+
 def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
