@@ -15,10 +15,12 @@ gateway), the rounds alternate which model goes first, so both share the machine
   (`cache_prompt`), reported as `usage.prompt_tokens_details.cached_tokens`.
 """
 
+import dataclasses
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import stack, ttft
@@ -31,9 +33,15 @@ FAKE_WORKERS = 4  # per strategy
 LLAMA_WORKERS = 2
 LLAMA_SLOTS = 4  # -np: each slot keeps the prompt of its last request
 LLAMA_CONTEXT = LLAMA_SLOTS * 2048  # -c, shared by the slots: 2,048 tokens each
+# llama.cpp also keeps prompts in host memory (--cache-ram, 8 GiB by default). The tiny model's
+# KV cache is ~0.5 KB a token, so every prompt fits there and any server restores any prompt:
+# the row runs once without it (a slot holds its last prompt: 4 prompts a server, as a GPU's
+# KV memory holds a few long prompts of a real model), once with the default.
+LLAMA_VARIANTS = {"slots": 0, "cache-ram": 8192}
 FAKE_WORKLOAD = ttft.Workload(prompts=40, system_chars=(2_700, 5_300), max_tokens=4)
 # The tiny model's tokenizer is about a token per byte: prompts fit a 2,048-token slot.
-LLAMA_WORKLOAD = ttft.Workload(prompts=16, system_chars=(1_200, 1_600), max_tokens=4)
+LLAMA_WORKLOAD = ttft.Workload(prompts=8, system_chars=(1_200, 1_600), max_tokens=4)
+LLAMA_CONNECTIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +75,9 @@ def measure_fake(procs: Processes, gateway: Target, setting: Setting) -> dict[st
 
 
 def measure_llama(procs: Processes, gateway: Target, setting: Setting) -> dict[str, Any]:
-    """Start llama-servers with the tiny model, register both models, measure; without the
-    binary return why the row was skipped."""
+    """Measure llama-servers with the tiny model, once holding prompts in their slots only
+    and once with llama.cpp's default host-memory prompt cache; without the binary, return
+    why the row was skipped."""
     from tests.llama.build import BUILD_COMMAND, binary_path, runs
 
     binary = binary_path()
@@ -79,22 +88,36 @@ def measure_llama(procs: Processes, gateway: Target, setting: Setting) -> dict[s
     from tests.llama.make_tiny_gguf import write_model
 
     model_path = write_model(procs.log_dir / "tiny.gguf")
-    bases = []
-    for index in range(LLAMA_WORKERS * len(STRATEGIES)):
-        port = free_port()
-        cmd = [str(binary), "-m", str(model_path), "-a", "tiny", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "-c", str(LLAMA_CONTEXT), "-np", str(LLAMA_SLOTS)]
-        cmd += ["-t", "1", "--metrics", "--no-webui"]
-        child = procs.start(f"llama-server-{index}", cmd)
-        wait_http(child, f"http://127.0.0.1:{port}/health")
-        _wait_llama(child, f"http://127.0.0.1:{port}/health")
-        bases.append(f"http://127.0.0.1:{port}/v1")
-    models = _register(gateway, "bench-llama", bases, LLAMA_WORKERS)
-    what = (
-        f"{LLAMA_WORKERS} llama-servers per strategy (tiny test model, {LLAMA_SLOTS} slots "
-        "of 2,048 tokens, 1 thread each, unpinned)"
-    )
-    return _alternate(procs, gateway, models, LLAMA_WORKLOAD, setting, what)
+    setting = dataclasses.replace(setting, connections=LLAMA_CONNECTIONS)
+    variants = {}
+    for variant, cache_ram_mib in LLAMA_VARIANTS.items():
+        started = []
+        for index in range(LLAMA_WORKERS * len(STRATEGIES)):
+            started.append(_start_llama(procs, binary, model_path, cache_ram_mib, variant, index))
+        bases = [base for base, _child in started]
+        models = _register(gateway, f"bench-llama-{variant}", bases, LLAMA_WORKERS)
+        what = (
+            f"{LLAMA_WORKERS} llama-servers per strategy (tiny test model, {LLAMA_SLOTS} slots "
+            f"of 2,048 tokens, 1 thread each, unpinned), --cache-ram {cache_ram_mib}"
+        )
+        variants[variant] = _alternate(procs, gateway, models, LLAMA_WORKLOAD, setting, what)
+        for _base, child in started:  # the next variant gets the CPUs to itself
+            procs.stop(child)
+    return {"variants": variants}
+
+
+def _start_llama(
+    procs: Processes, binary: Path, model: Path, cache_ram_mib: int, variant: str, index: int
+) -> tuple[str, Child]:
+    """Start one llama-server; return its OpenAI base URL and its process once healthy."""
+    port = free_port()
+    cmd = [str(binary), "-m", str(model), "-a", "tiny", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "-c", str(LLAMA_CONTEXT), "-np", str(LLAMA_SLOTS)]
+    cmd += ["-t", "1", "--metrics", "--no-webui", "--cache-ram", str(cache_ram_mib)]
+    child = procs.start(f"llama-server-{variant}-{index}", cmd)
+    wait_http(child, f"http://127.0.0.1:{port}/health")
+    _wait_llama(child, f"http://127.0.0.1:{port}/health")
+    return f"http://127.0.0.1:{port}/v1", child
 
 
 def _wait_llama(child: Child, url: str) -> None:
@@ -212,6 +235,9 @@ def table(name: str, document: dict[str, Any]) -> str:
     """Render one cache-aware row: per strategy its TTFT medians, ranges and cache share."""
     if "skipped" in document:
         return f"{name}: skipped: {document['skipped']}"
+    if "variants" in document:
+        parts = document["variants"].items()
+        return "\n\n".join(table(f"{name} ({variant})", part) for variant, part in parts)
     load = document["workload"]
     lines = [
         f"{name}: {document['what']}; {load['system_prompts']} system prompts of "

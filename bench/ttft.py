@@ -87,7 +87,7 @@ class Tally:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     with_usage: int = 0
-    hits: int = 0  # requests whose usage said some of the prompt was cached
+    hits: int = 0  # requests whose usage said at least half of the prompt was cached
     errors: int = 0
     last_error: str = ""
 
@@ -121,7 +121,7 @@ async def _one_request(session: aiohttp.ClientSession, url: str, body: bytes, ta
         tally.with_usage += 1
         tally.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         tally.cached_tokens += cached
-        tally.hits += cached > 0
+        tally.hits += 2 * cached >= int(usage.get("prompt_tokens") or 0) > 0
 
 
 async def _one_connection(
