@@ -16,6 +16,7 @@ gateway), the rounds alternate which model goes first, so both share the machine
 """
 
 import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -186,7 +187,10 @@ def _alternate(
             "duration_s": setting.duration_s,
             "rounds": setting.rounds,
         },
-        "strategies": {strategy: _medians(samples[strategy]) for strategy in models},
+        "strategies": {
+            strategy: {**_medians(samples[strategy]), "split": _split(gateway, model)}
+            for strategy, model in models.items()
+        },
     }
 
 
@@ -210,6 +214,17 @@ def _pass(
         seed=seed,
         cpu=setting.load_cpu,
     )
+
+
+def _split(gateway: Target, model: str) -> list[float]:
+    """Return each worker's share of the model's answered requests (warm-up included), as the
+    gateway counted them, largest first: how evenly a strategy spread the load."""
+    url = gateway.url.removesuffix(stack.CHAT_PATH) + f"/api/server/workers?model_name={model}"
+    status, raw = stack.http_get(url)
+    listed = json.loads(raw) if status == 200 else {}
+    counts = [w["stats"]["successes"] for w in listed.get("data", ())]
+    total = sum(counts)
+    return sorted((round(c / total, 3) for c in counts), reverse=True) if total else []
 
 
 def _medians(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -244,7 +259,7 @@ def table(name: str, document: dict[str, Any]) -> str:
         f"{load['system_chars'][0]}-{load['system_chars'][1]} chars x new questions, "
         f"{load['connections']} connections, {load['rounds']} round(s) of {load['duration_s']} s",
         f"  {'balancing':<13}{'requests':>9}{'TTFT p50 ms':>13}{'(range)':>15}"
-        f"{'p99 ms':>9}{'(range)':>15}{'cached':>8}{'hits':>6}{'errors':>8}",
+        f"{'p99 ms':>9}{'(range)':>15}{'cached':>8}{'hits':>6}{'errors':>8}  requests per worker",
     ]
     for strategy, row in document["strategies"].items():
         p50, p99 = row["ttft_p50_range_ms"], row["ttft_p99_range_ms"]
@@ -252,7 +267,9 @@ def table(name: str, document: dict[str, Any]) -> str:
             f"  {strategy:<13}{row['requests']:>9}{row['ttft_p50_ms']:>13.2f}"
             f"{f'{p50[0]:.1f}-{p50[1]:.1f}':>15}{row['ttft_p99_ms']:>9.2f}"
             f"{f'{p99[0]:.1f}-{p99[1]:.1f}':>15}{100 * row['cached_share']:>7.0f}%"
-            f"{100 * row['hit_share']:>5.0f}%{row['errors']:>8}"
+            f"{100 * row['hit_share']:>5.0f}%{row['errors']:>8}  "
+            + "/".join(f"{100 * share:.0f}" for share in row["split"])
+            + " %"
         )
     rr, prefix = (document["strategies"][s] for s in STRATEGIES)
     if rr["ttft_p50_ms"] and rr["ttft_p99_ms"]:
