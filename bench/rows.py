@@ -78,7 +78,8 @@ def measured_at_one(row: str) -> bool:
 
 
 def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Target], str]:
-    """Start the servers of the wanted rows; return them by row, in ROWS order, and the upstream."""
+    """Start the servers of the wanted rows; return them by row (ROWS, then PHASES), and the
+    upstream."""
     direct, upstream_kind = stack.start_upstream(procs, plan.upstream, plan.load_cpu)
     started = {"direct": direct}
     if "bare" in plan.rows:
