@@ -251,15 +251,7 @@ def register_openai_pool(gateway: Target, model: str, bases: Sequence[str]) -> N
 def put_model_settings(gateway: Target, model: str, settings: dict[str, Any]) -> None:
     """Set `model`'s settings through the admin API (PUT /api/server/models/{name})."""
     url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/models/{model}"
-    status, raw = _exchange(
-        urllib.request.Request(
-            url,
-            data=json.dumps(settings).encode(),
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        ),
-        10.0,
-    )
+    status, raw = http_put(url, json.dumps(settings).encode())
     if status != 200:
         raise BenchError(f"setting {settings} on {model!r} failed: {status} {raw[:300]!r}")
 

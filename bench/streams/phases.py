@@ -53,15 +53,6 @@ def register_stream_worker(gateway: stack.Target, upstream: stack.Target) -> str
     return base + "/v1/chat/completions"
 
 
-def set_resume(gateway: stack.Target, on: bool) -> None:
-    """Set model "s"'s resume_streams (the resume phase's off and on rows)."""
-    base = gateway.url.removesuffix(stack.CHAT_PATH)
-    body = json.dumps({"resume_streams": on}).encode()
-    status, raw = stack.http_put(f"{base}/api/server/models/{STREAM_MODEL}", body)
-    if status != 200:
-        raise BenchError(f"setting resume_streams failed: {status} {raw[:300]!r}")
-
-
 def measure_streams(
     procs: Processes,
     gateway: stack.Target,

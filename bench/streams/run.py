@@ -198,7 +198,7 @@ def _resume(
     rows: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(args.rounds):
         for mode in rows:
-            phases.set_resume(gateway, mode == "on")
+            stack.put_model_settings(gateway, phases.STREAM_MODEL, {"resume_streams": mode == "on"})
             (row,) = phases.measure_streams(
                 procs, gateway, {mode: url}, [count], args.stream_duration, ramp_s, pins
             )
