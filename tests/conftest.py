@@ -21,7 +21,11 @@ from redis.asyncio import Redis
 from gateway import Settings, create_app
 from gateway.app import server_options
 from registry import EmbeddedRedis
-from tests.llama.server import llama_server, llama_server_eos  # noqa: F401 - fixtures
+from tests.llama.server import (  # noqa: F401 - fixtures
+    llama_server,
+    llama_server_eos,
+    llama_story_pair,
+)
 from tests.workers import FakeWorker, ProtocolWorker
 
 EXTERNAL_REDIS = os.environ.get("GATEWAY_TEST_REDIS_URL")

@@ -28,6 +28,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.model_server import serve, text_of
+
 WORDS = ("river", "stone", "light", "café", "north", "ember", "naïve", "tide", "über", "glass")
 WORDS += ("日本", "moss", "owl", "quiet", "salt", "wind", "iron", "plum", "reed", "vale")
 TOOL_ARGUMENTS = '{"city": "Paris", "days": 2}'
@@ -47,12 +49,6 @@ def story(prompt: str, length: int = 48) -> list[str]:
 
 class Refused(Exception):
     """The request cannot be answered (a 400 with this message)."""
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content or ""
 
 
 @dataclass
@@ -102,11 +98,7 @@ class StoryServer:
         app.router.add_post("/v1/completions", self._openai_completion)
         app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_post("/v1/messages", self._anthropic)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app)
 
     async def stop(self) -> None:
         for stalled in self._stalled:
@@ -178,14 +170,14 @@ class StoryServer:
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         sent = await self._read(request)
         messages = sent["messages"]
-        question = next(_text(m["content"]) for m in reversed(messages) if m["role"] == "user")
+        question = next(text_of(m["content"]) for m in reversed(messages) if m["role"] == "user")
         given = ""
         if messages[-1]["role"] == "assistant":
             continues = sent.get("continue_final_message") is True
             if continues and sent.get("add_generation_prompt") is not False:
                 return self._refused("continue_final_message needs add_generation_prompt false")
             if continues:
-                given = _text(messages[-1]["content"])
+                given = text_of(messages[-1]["content"])
         limit = sent.get("max_completion_tokens") or sent.get("max_tokens")
         try:
             turn = plan(question, given, limit, tools=bool(sent.get("tools")))
@@ -244,8 +236,8 @@ class StoryServer:
     async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
         sent = await self._read(request)
         messages = sent["messages"]
-        question = next(_text(m["content"]) for m in reversed(messages) if m["role"] == "user")
-        given = _text(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else ""
+        question = next(text_of(m["content"]) for m in reversed(messages) if m["role"] == "user")
+        given = text_of(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else ""
         limit = (sent.get("options") or {}).get("num_predict")
         try:
             turn = plan(question, given, limit)
@@ -276,10 +268,10 @@ class StoryServer:
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
         sent = await self._read(request)
         messages = sent["messages"]
-        question = next(_text(m["content"]) for m in reversed(messages) if m["role"] == "user")
+        question = next(text_of(m["content"]) for m in reversed(messages) if m["role"] == "user")
         given = ""
         if messages[-1]["role"] == "assistant":
-            given = _text(messages[-1]["content"])
+            given = text_of(messages[-1]["content"])
             if given != given.rstrip():
                 return self._refused("final assistant content cannot end with trailing whitespace")
         try:
