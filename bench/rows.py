@@ -3,7 +3,10 @@
 `gateway` and `gateway-openai` are one gateway process, pinned to the server CPU, on its seed
 route and on its OpenAI route. `gateway-rr4` and `gateway-prefix4` are the same process on
 its seed route again, for a model of 4 workers (one upstream, 4 URLs) balanced round-robin
-and by prefix: what prefix affinity costs per request, in the same run. `gateway-xN` is
+and by prefix: what prefix affinity costs per request, in the same run. `gateway-alias` asks
+for an alias of two models (one worker each, weights 1:1), `gateway-fallback` for a model
+whose only worker is down, answered by its fallback: what each indirection costs per request
+against `gateway`, in the same process. `gateway-xN` is
 `serve --processes N`: N processes need every core, so it runs unpinned. `litellm` is the
 optional peer of bench/streams/peer.py, pinned to the server CPU like the gateway, skipped
 with the install command when it is missing.
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 from bench import stack
 from bench.baseline import Baseline, start_gateways
-from bench.procs import BenchError, Processes
+from bench.procs import BenchError, Processes, free_port
 from bench.stack import Target
 from bench.streams import peer
 
@@ -29,9 +32,14 @@ ROWS = (
     "gateway-responses",
     "gateway-rr4",
     "gateway-prefix4",
+    "gateway-alias",
+    "gateway-fallback",
     "gateway-xN",
     "litellm",
 )
+# Not load rows but measurements of their own after them, through the `gateway` process:
+# time to first token by routing strategy over prefix-caching workers (bench/cache_aware.py).
+PHASES = ("cache-aware", "cache-aware-llama")
 LATENCY_ROWS = frozenset({"direct", "bare", "gateway", "gateway-openai"})  # also at 1 connection
 VERSUS = ("gateway-openai", "gateway")  # one process each, held against LiteLLM's one worker
 _GATEWAY_ROWS = frozenset(
@@ -42,7 +50,10 @@ _GATEWAY_ROWS = frozenset(
         "gateway-responses",
         "gateway-rr4",
         "gateway-prefix4",
+        "gateway-alias",
+        "gateway-fallback",
         "gateway-xN",
+        *PHASES,
     }
 )
 BASELINE_ROWS = ("gateway", "gateway-openai")  # the rows a --baseline run measures twice
@@ -67,7 +78,8 @@ def measured_at_one(row: str) -> bool:
 
 
 def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Target], str]:
-    """Start the servers of the wanted rows; return them by row, in ROWS order, and the upstream."""
+    """Start the servers of the wanted rows; return them by row (ROWS, then PHASES), and the
+    upstream."""
     direct, upstream_kind = stack.start_upstream(procs, plan.upstream, plan.load_cpu)
     started = {"direct": direct}
     if "bare" in plan.rows:
@@ -79,7 +91,7 @@ def start(procs: Processes, redis_url: str, plan: Plan) -> tuple[dict[str, Targe
         if litellm is not None:
             started["litellm"] = litellm
     ordered: dict[str, Target] = {}
-    for row in ROWS:
+    for row in (*ROWS, *PHASES):
         if row in plan.rows and row in started:
             ordered[row] = started[row]
         if plan.baseline is not None and row in plan.rows and row in BASELINE_ROWS:
@@ -106,6 +118,13 @@ def _start_gateways(
             pool = stack.register_pool(gateway, direct.url, name, balancing)
             stack.check_gateway(pool)
             started[pool.name] = pool
+    if "gateway-alias" in plan.rows:
+        started["gateway-alias"] = _alias_row(gateway, direct)
+    if "gateway-fallback" in plan.rows:
+        started["gateway-fallback"] = _fallback_row(gateway)
+    for phase in PHASES:
+        if phase in plan.rows:
+            started[phase] = dataclasses.replace(gateway, name=phase)
     if plan.baseline is not None:
         before = start_gateways(
             procs, plan.baseline, plan.baseline_redis_url, direct, plan.server_cpu
@@ -116,6 +135,32 @@ def _start_gateways(
         # listens, instead of learning about them from a change event while being measured.
         started["gateway-xN"] = _start_processes(procs, redis_url, plan.processes)
     return started
+
+
+def _alias_row(gateway: Target, direct: Target) -> Target:
+    """Register two models of one worker each and an alias over them, weights 1:1."""
+    halves = [f"{stack.MODEL}-alias-{side}" for side in ("a", "b")]
+    for index, model in enumerate(halves):
+        stack.register_template_worker(gateway, model, f"{direct.url}?alias={index}")
+    alias = f"{stack.MODEL}-alias"
+    stack.put_model_settings(gateway, alias, {"alias": [{"model": m, "weight": 1} for m in halves]})
+    what = "llm-gateway, seed route, an alias of 2 models (1 worker each), weights 1:1"
+    target = Target("gateway-alias", what, gateway.url, gateway.child, stack.seed_body(alias))
+    stack.check_gateway(target)
+    return target
+
+
+def _fallback_row(gateway: Target) -> Target:
+    """Register a model whose one worker listens nowhere, falling back to the bench model;
+    wait until the probes mark it down, so every request takes the `no_worker` fallback."""
+    down = f"{stack.MODEL}-down"
+    stack.register_template_worker(gateway, down, f"http://127.0.0.1:{free_port()}/api/generate")
+    stack.put_model_settings(gateway, down, {"fallbacks": [stack.MODEL]})
+    stack.wait_worker_state(gateway, down, "down")
+    what = "llm-gateway, seed route, a model whose worker is down, answered by its fallback"
+    target = Target("gateway-fallback", what, gateway.url, gateway.child, stack.seed_body(down))
+    stack.check_gateway(target)
+    return target
 
 
 def _start_processes(procs: Processes, redis_url: str, processes: int) -> Target:

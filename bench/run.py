@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline as bench_baseline
+from bench import cache_aware
 from bench import rows as bench_rows
 from bench.baseline import Baseline
 from bench.drivers import Driver, choose_driver
@@ -40,6 +41,7 @@ from bench.streams import peer
 from registry import EmbeddedRedis
 
 RESULTS = REPO / "bench" / "results"
+_ALL = (*bench_rows.ROWS, *bench_rows.PHASES)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="seconds before each row")
     parser.add_argument("--connections", type=int, default=32, help="for the load rows")
     parser.add_argument("--rounds", type=int, default=1, help="measure every row N times")
+    parser.add_argument(
+        "--ttft-connections",
+        dest="connections_ttft",
+        type=int,
+        default=16,
+        help="concurrent streams of the cache-aware rows (default 16)",
+    )
     parser.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
@@ -60,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument(
         "--only",
-        default=",".join(bench_rows.ROWS),
-        help=f"comma-separated rows to measure, of {','.join(bench_rows.ROWS)} (default: all)",
+        default=",".join(_ALL),
+        help=f"comma-separated rows to measure, of {','.join(_ALL)} (default: all)",
     )
     parser.add_argument(
         "--baseline",
@@ -82,8 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = frozenset(row.strip() for row in args.only.split(",") if row.strip())
-    if not args.only or not args.only <= set(bench_rows.ROWS):
-        parser.error(f"--only takes a subset of {','.join(bench_rows.ROWS)}")
+    if not args.only or not args.only <= set(_ALL):
+        parser.error(f"--only takes a subset of {','.join(_ALL)}")
     if not 2 <= args.processes <= 64:
         parser.error("--processes must be 2..64")
     if args.baseline is not None:
@@ -153,18 +162,30 @@ def _run_rows(
         baseline_redis.url if baseline_redis is not None else "",
     )
     targets, upstream_kind = bench_rows.start(procs, redis.url, plan)
+    phases = {name: targets.pop(name) for name in bench_rows.PHASES if name in targets}
     rss_start = _rss(targets)
     print(_header(args, upstream_kind, driver, pin, targets, baseline))
     rows = _measure(args, driver, targets)
     document = _document(args, rows, upstream_kind, driver, pin)
     document["baseline"] = _baseline(rows, baseline)
     document["rss_bytes"] = {"at_start": rss_start, "after_the_run": _rss(targets)}
+    if phases:
+        print("cache-aware rows: streamed chats, TTFT by balancing (bench/cache_aware.py)")
+        setting = cache_aware.Setting(
+            args.connections_ttft, args.duration, args.warmup, args.rounds, load_cpu
+        )
+        document["cache_aware"] = cache_aware.measure(procs, phases, setting)
+    if rows:
+        print()
+        print(legend(rows))
+        print()
+        print(table(rows))
+        print()
+        _print_summary(document)
+    for name, measured in document.get("cache_aware", {}).items():
+        print()
+        print(cache_aware.table(name, measured))
     print()
-    print(legend(rows))
-    print()
-    print(table(rows))
-    print()
-    _print_summary(document)
     write_json(args.output, document)
     print(f"results written to {shown(args.output)}")
     if args.profile:
@@ -225,7 +246,7 @@ def _measure(args: argparse.Namespace, driver: Driver, targets: dict[str, Target
         at_one = [t for r, t in targets.items() if bench_rows.measured_at_one(r)]
         rows += [Row(t.name, t.what, 1) for t in at_one]
     by_name = {t.name: t for t in targets.values()}
-    width = max(len(row.key) for row in rows) + 1
+    width = max((len(row.key) for row in rows), default=0) + 1
     for round_index in range(args.rounds):
         for row in rows:
             target = by_name[row.name]

@@ -153,14 +153,7 @@ def _wait_ready(child: Child, url: str, timeout_s: float = 30.0) -> None:
 
 def register_worker(gateway: Target, upstream_url: str) -> None:
     """Register the seed-style template worker pointing at the upstream."""
-    spec = {
-        "model_name": MODEL,
-        "req_url_template": upstream_url,
-        "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
-        "response_extract": "data.items[].attributes.answer",
-        "owner": "bench",
-    }
-    _register(gateway, spec)
+    register_template_worker(gateway, MODEL, upstream_url)
 
 
 def register_openai_worker(gateway: Target, base_url: str) -> Target:
@@ -225,29 +218,58 @@ def register_pool(
     """
     model = f"{MODEL}-{name}"
     for index in range(workers):
-        spec = {
-            "model_name": model,
-            "req_url_template": f"{upstream_url}?w={index}",
-            "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
-            "response_extract": "data.items[].attributes.answer",
-            "owner": "bench",
-        }
-        _register(gateway, spec)
-    url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/models/{model}"
-    status, raw = _exchange(
-        urllib.request.Request(
-            url,
-            data=json.dumps({"balancing": balancing}).encode(),
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        ),
-        10.0,
-    )
-    if status != 200:
-        raise BenchError(f"setting balancing of {model!r} failed: {status} {raw[:300]!r}")
-    body = json.dumps({"input": "hello", "model_name": model}, separators=(",", ":")).encode()
+        register_template_worker(gateway, model, f"{upstream_url}?w={index}")
+    put_model_settings(gateway, model, {"balancing": balancing})
     what = f"llm-gateway, seed route, {workers} workers, balancing={balancing}"
-    return Target(f"gateway-{name}", what, gateway.url, gateway.child, body)
+    return Target(f"gateway-{name}", what, gateway.url, gateway.child, seed_body(model))
+
+
+def seed_body(model: str) -> bytes:
+    """Return the seed route's bench request for `model`."""
+    return json.dumps({"input": "hello", "model_name": model}, separators=(",", ":")).encode()
+
+
+def register_template_worker(gateway: Target, model: str, url: str) -> None:
+    """Register one seed-style template worker of `model` at `url`."""
+    spec = {
+        "model_name": model,
+        "req_url_template": url,
+        "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
+        "response_extract": "data.items[].attributes.answer",
+        "owner": "bench",
+    }
+    _register(gateway, spec)
+
+
+def register_openai_pool(gateway: Target, model: str, bases: Sequence[str]) -> None:
+    """Register one `openai` preset worker of `model` per base URL (each ending in /v1)."""
+    for base in bases:
+        spec = {"model_name": model, "preset": "openai", "req_url_template": base}
+        _register(gateway, {**spec, "owner": "bench"})
+
+
+def put_model_settings(gateway: Target, model: str, settings: dict[str, Any]) -> None:
+    """Set `model`'s settings through the admin API (PUT /api/server/models/{name})."""
+    url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/models/{model}"
+    status, raw = http_put(url, json.dumps(settings).encode())
+    if status != 200:
+        raise BenchError(f"setting {settings} on {model!r} failed: {status} {raw[:300]!r}")
+
+
+def wait_worker_state(gateway: Target, model: str, state: str, timeout_s: float = 30.0) -> None:
+    """Wait until every worker of `model` is in health `state` (e.g. "down") on `gateway`."""
+    url = gateway.url.removesuffix(CHAT_PATH) + f"/api/server/workers?model_name={model}"
+    deadline = time.monotonic() + timeout_s
+    states: list[Any] = []
+    while time.monotonic() < deadline:
+        status, raw = http_get(url)
+        listed = _json(raw)
+        if status == 200 and isinstance(listed, dict):
+            states = [w.get("health", {}).get("state") for w in listed.get("data", ())]
+            if states and all(s == state for s in states):
+                return
+        time.sleep(0.2)
+    raise BenchError(f"the workers of {model!r} are {states}, not {state!r}, after {timeout_s:g}s")
 
 
 def _register(gateway: Target, spec: dict[str, Any]) -> None:
@@ -296,6 +318,14 @@ def http_post(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, byte
     """POST JSON `body`; return the status and the raw answer, error statuses included."""
     request = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    return _exchange(request, timeout_s)
+
+
+def http_put(url: str, body: bytes, timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """PUT JSON `body`; return the status and the raw answer, error statuses included."""
+    request = urllib.request.Request(
+        url, data=body, method="PUT", headers={"Content-Type": "application/json"}
     )
     return _exchange(request, timeout_s)
 

@@ -1,10 +1,13 @@
 """Usage accounting: the one hook every answer goes through, and the buffer behind it.
 
-`account(request, model, worker, usage, ...)` is called once per answer with what the worker
-reported (or None, then it estimates: gateway/metering.py). It counts the tokens in the
+`Accountant.account(trace, model, worker, usage, ...)` is called once per answer with what the
+worker reported (or None, then it estimates: gateway/metering.py). It counts the tokens in the
 Prometheus metrics, prices them (the price table: config file, then the admin API), notes them
-on the request (the access log, the charge of a metered key at the end of the request, the
-request's span) and adds them to this process's buffer. Nothing here waits on Redis.
+on the trace (the access log, the charge of a metered key at the end of the request, the
+request's span) and adds them to this process's buffer. Nothing here waits on Redis. A route
+passes its request's trace (`request[TRACE]`); work that goes on after its request has been
+answered (a polled Assistants run, gateway/runs.py) passes a trace of its own that carries the
+request's key, and charges a metered key itself when it ends.
 
 The buffer sums answers by (minute, key, model, worker, estimated) and is written by one
 background task every `usage_flush_interval_ms`, or as soon as `usage_flush_records` answers
@@ -28,7 +31,7 @@ from aiohttp import web
 from gateway.calls import Call
 from gateway.metering import Counts, prompt_tokens, text_tokens
 from gateway.metrics import Metrics
-from gateway.observe import TRACE
+from gateway.observe import Trace
 from gateway.tracing import note_usage
 from gateway.worker import Worker
 from registry import (
@@ -152,6 +155,63 @@ class Accountant:
         if self._waiting >= self._flush_records:
             self._wake.set()
 
+    def account(
+        self,
+        trace: Trace,
+        model: str,
+        worker: Worker,
+        usage: Usage | Counts | None,
+        *,
+        call: Call | None = None,
+        completion: str | int = "",
+        generation_s: float | None = None,
+    ) -> None:
+        """Account the final usage of one answer to `trace`: the request's, or, for work that
+        goes on after its request has ended (a polled Assistants run), one of its own that
+        carries the request's key. Never waits.
+
+        `model` is the model that answered (an alias's choice or a fallback, not the name
+        asked); `usage` is what the worker reported (a Usage, or its `Counts`: a passed-through
+        answer's, read without making a Usage), or None when it reported nothing: then
+        the prompt is estimated from `call` (the client's body, or its decoded request) and
+        the completion from `completion`, the answer's text (or a token count the caller
+        estimated itself), and the record is marked estimated. `generation_s` is how long the
+        worker took to generate (for tokens per second of a stream); None to leave that out.
+        The tokens and cost are added to `trace` too: the access log says them, and a
+        metered key is charged them when its request (or run) ends.
+        """
+        if isinstance(usage, tuple):
+            prompt, produced, cached = usage
+        elif usage is not None:
+            prompt, produced = usage.prompt_tokens, usage.completion_tokens
+            cached = usage.cached_tokens
+        else:
+            prompt = prompt_tokens(call.body, call.request) if call is not None else 0
+            produced = completion if isinstance(completion, int) else text_tokens(completion)
+            cached = None
+        price = self.prices.price(model)
+        cost = price.cost(prompt, produced, cached) if price is not None else 0.0
+        label = worker.label
+        if generation_s and produced:
+            self.metrics.observe_tokens_per_second(model, label, produced / generation_s)
+        trace.prompt_tokens += prompt
+        trace.completion_tokens += produced
+        estimated = usage is None
+        if estimated:
+            trace.estimated = True
+        trace.cost += cost
+        self.record(
+            trace.key_id or "",
+            model,
+            label,
+            (prompt, produced, cached or 0),
+            estimated,
+            cost,
+            charge_spend=not trace.metered,
+        )
+        if trace.span is not None:
+            note_usage(trace.span, Usage(prompt, produced, cached), estimated)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Flush every interval, or when enough answers wait; reload prices now and then."""
         while not stop.is_set():
@@ -218,60 +278,6 @@ class Accountant:
 
 
 ACCOUNTANT = web.AppKey("accountant", Accountant)
-
-
-def account(
-    request: web.Request,
-    model: str,
-    worker: Worker,
-    usage: Usage | Counts | None,
-    *,
-    call: Call | None = None,
-    completion: str | int = "",
-    generation_s: float | None = None,
-) -> None:
-    """Account the final usage of one answer; call it once per answer a worker gave.
-
-    `model` is the model that answered (an alias's choice or a fallback, not the name asked);
-    `usage` is what the worker reported (a Usage, or its `Counts`), or None when it reported
-    nothing: then the prompt is estimated from `call` (the client's body, or its decoded
-    request) and the completion from `completion`, the answer's text (or a token count the
-    caller estimated itself), and the record is marked estimated. `generation_s` is how long
-    the worker took to generate (for tokens per second of a stream); None to leave that out.
-    Never waits.
-    """
-    accountant = request.app[ACCOUNTANT]
-    if isinstance(usage, tuple):
-        prompt, produced, cached = usage
-    elif usage is not None:
-        prompt, produced, cached = usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
-    else:
-        prompt = prompt_tokens(call.body, call.request) if call is not None else 0
-        produced = completion if isinstance(completion, int) else text_tokens(completion)
-        cached = None
-    price = accountant.prices.price(model)
-    cost = price.cost(prompt, produced, cached) if price is not None else 0.0
-    label = worker.label
-    if generation_s and produced:
-        accountant.metrics.observe_tokens_per_second(model, label, produced / generation_s)
-    trace = request[TRACE]
-    trace.prompt_tokens += prompt
-    trace.completion_tokens += produced
-    estimated = usage is None
-    if estimated:
-        trace.estimated = True
-    trace.cost += cost
-    accountant.record(
-        trace.key_id or "",
-        model,
-        label,
-        (prompt, produced, cached or 0),
-        estimated,
-        cost,
-        charge_spend=not trace.metered,
-    )
-    if trace.span is not None:
-        note_usage(trace.span, Usage(prompt, produced, cached), estimated)
 
 
 async def accounting(app: web.Application) -> AsyncIterator[None]:

@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import openapi
-from gateway.accounting import accounting
+from gateway.accounting import ACCOUNTANT, accounting
 from gateway.allowlist import AllowList
 from gateway.attempt import Limits
 from gateway.auth import GUARD, Guard, access_middleware
@@ -350,7 +350,13 @@ async def _assistants(app: web.Application) -> AsyncIterator[None]:
         max_thread_bytes=settings.assistants_max_thread_bytes,
     )
     store = app[ASSISTANTS] = AssistantStore(app[REDIS], settings.key_prefix, limits)
-    runner = app[RUNS] = Runner(store, app[FAILOVER], request_timeout_s=settings.request_timeout_s)
+    runner = app[RUNS] = Runner(
+        store,
+        app[DISPATCHER],
+        app[ACCOUNTANT],
+        app[GUARD],
+        request_timeout_s=settings.request_timeout_s,
+    )
     try:
         yield
     finally:

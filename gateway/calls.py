@@ -28,6 +28,7 @@ class Call:
         "_decode",
         "_decoded",
         "body",
+        "continues",
         "family",
         "op",
         "request_id",
@@ -45,12 +46,16 @@ class Call:
         stream: bool,
         decode: Callable[[], Any],
         request_id: str = "",
+        continues: bool = False,
     ) -> None:
         self.family = family
         self.op = op
         self.body = body  # the client's own JSON, for same-protocol workers
         self.stream = stream
         self.request_id = request_id  # sent to the worker as X-Request-ID
+        # The conversation ends in a partial answer for the worker to continue (a resumed
+        # stream, gateway/resume.py): its operation's `resume` fields go into the body.
+        self.continues = continues
         self._decode = decode
         self._decoded: Any = None
         # W3C trace context for the worker: the client's, or the attempt's span (gateway/tracing.py)
@@ -123,6 +128,8 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
             data = codec.encode(call.request(), served)
         else:
             data = codec.encode(call.request(), served, streamed)
+            if call.continues and op.resume:
+                data.update(op.resume)
         http = op.plan.head({MODEL_NAME: served}, orjson.dumps(data))
     if call.request_id:
         http.headers["X-Request-ID"] = call.request_id

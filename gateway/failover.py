@@ -89,7 +89,7 @@ class Failover:
         self._request_timeout_s = request_timeout_s
         self._queue_timeout_s = queue_timeout_s
         self._panic = panic
-        self._metrics = metrics
+        self.metrics = metrics
 
     async def complete(
         self,
@@ -137,11 +137,15 @@ class Failover:
         *,
         affinity: "Affinity | None" = None,
         queue: bool = True,
+        translate: bool = False,
+        accept: Callable[[Worker], bool] | None = None,
     ) -> Stream:
         """Start a streamed answer, failing over until a worker accepts the request.
 
         A worker that answers whole is read here, before the client's stream begins, so its
-        failures are still failed over and told as an HTTP status.
+        failures are still failed over and told as an HTTP status. With `translate`, a
+        worker's own stream (passthrough) is decoded into events too (a resumable stream's
+        text must be known); `accept` narrows the workers tried (Pool.candidates).
         """
         client, limits, ejection = self._client, self._limits, self.ejection
 
@@ -157,6 +161,7 @@ class Failover:
                     ejection=ejection,
                     max_line_bytes=limits.max_stream_line_bytes,
                     tries=0,
+                    translate=translate,
                 )
                 await _begin(stream, worker, limits)
                 return stream
@@ -174,7 +179,7 @@ class Failover:
                 tries=0,
             )
 
-        stream, tries = await self._run(pool, call, attempt, True, affinity, queue)
+        stream, tries = await self._run(pool, call, attempt, True, affinity, queue, accept)
         stream.tries = tries
         return stream
 
@@ -210,13 +215,14 @@ class Failover:
         hold: bool,
         affinity: "Affinity | None",
         queue: bool,
+        accept: Callable[[Worker], bool] | None = None,
     ) -> tuple[T, int]:
         until = _now() + self._request_timeout_s
-        candidates = await self._candidates(pool, call, until, affinity, queue)
+        candidates = await self._candidates(pool, call, until, affinity, queue, accept)
         failures: list[str] = []
         limited: list[AttemptFailed] = []  # the tries a worker answered 429
         timed_out = True
-        metrics = self._metrics
+        metrics = self.metrics
         for tries, worker in enumerate(candidates, start=1):
             remaining_s = until - _now()
             if remaining_s <= 0:
@@ -278,7 +284,7 @@ class Failover:
     def _failed(
         self, pool: Pool, worker: Worker, exc: AttemptFailed, reason: str, started: float
     ) -> None:
-        metrics = self._metrics
+        metrics = self.metrics
         ended = time.perf_counter()
         if metrics is not None:
             outcome = exc.status or ("timeout" if exc.timed_out else "error")
@@ -296,11 +302,19 @@ class Failover:
                 metrics.ejected(pool.model, worker.label)
 
     async def _candidates(
-        self, pool: Pool, call: Call, until: float, affinity: "Affinity | None", queue: bool
+        self,
+        pool: Pool,
+        call: Call,
+        until: float,
+        affinity: "Affinity | None",
+        queue: bool,
+        accept: Callable[[Worker], bool] | None,
     ) -> list[Worker]:
         op = call.op
         while True:
-            candidates = pool.candidates(op, self._max_tries, panic=self._panic, affinity=affinity)
+            candidates = pool.candidates(
+                op, self._max_tries, panic=self._panic, affinity=affinity, accept=accept
+            )
             if candidates:
                 return candidates
             if op != "chat" and not pool.able(op):

@@ -44,6 +44,7 @@ from gateway.errors import (
 )
 from gateway.failover import Answer, Failover
 from gateway.pool import Pool
+from gateway.resume import Resuming, resumable
 from gateway.router import Router
 from gateway.stream import Stream
 from registry import TRIGGERS, ModelSettings, Trigger
@@ -95,11 +96,20 @@ class Dispatcher:
 
     async def open_stream(
         self, model: str, call: Call, affinity: Affinity | None
-    ) -> Served[Stream]:
-        """Start a streamed answer from the model named, or from the one standing in for it."""
+    ) -> Served[Stream | Resuming]:
+        """Start a streamed answer from the model named, or from the one standing in for it;
+        one that can go on from another worker if its own fails midway, where the model's
+        settings say so (gateway/resume.py)."""
+        failover = self._failover
 
-        async def go(pool: Pool, queue: bool) -> Stream:
-            return await self._failover.open_stream(pool, call, affinity=affinity, queue=queue)
+        async def go(pool: Pool, queue: bool) -> Stream | Resuming:
+            settings = self._router.settings_of(pool.model)
+            if settings is None or not settings.resume_streams or not resumable(call):
+                return await failover.open_stream(pool, call, affinity=affinity, queue=queue)
+            stream = await failover.open_stream(
+                pool, call, affinity=affinity, queue=queue, translate=True
+            )
+            return Resuming(failover, pool, call, stream, settings.resume_tries)
 
         return await self._run(model, affinity, go)
 

@@ -24,7 +24,7 @@ import orjson
 
 from gateway.http1 import Sink
 from templates.codecs import EmbeddingRequest
-from templates.conversation import Conversation, Usage
+from templates.conversation import Conversation, Reply, Usage
 
 _MAX_PENDING_BYTES = 1024 * 1024  # a longer unfinished line is passed on unread
 _TAIL_BYTES = 4096  # Ollama's counts come last, after the (possibly long) context array
@@ -284,6 +284,14 @@ def text_tokens(text: str) -> int:
     """Estimate the tokens of `text` (about 4 bytes of UTF-8 per token)."""
     size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
     return -(-size // BYTES_PER_TOKEN)  # rounded up, in ints
+
+
+def reply_text(reply: Reply) -> str:
+    """The text a whole answer's completion is estimated from: its text and its tool calls'
+    arguments."""
+    if not reply.tool_calls:  # the usual answer: no generator made for it
+        return reply.text
+    return reply.text + "".join(call.arguments for call in reply.tool_calls)
 
 
 def prompt_tokens(body: Mapping[str, Any] | None, decoded: Callable[[], Any]) -> int:

@@ -122,6 +122,13 @@ class Metrics:
             ["model"],
             registry=reg,
         )
+        self._resumes = Counter(
+            "gateway_stream_resumes",
+            "Streams whose worker failed midway: continued on another worker (resumed), or "
+            "ended with an error because none could continue them (failed).",
+            ["model", "outcome"],
+            registry=reg,
+        )
         self._ejections = Counter(
             "gateway_worker_ejections",
             "Times a worker was taken out of its pool after failures.",
@@ -291,6 +298,10 @@ class Metrics:
     def retry(self, model: str) -> None:
         """Count a request moved on to another worker of `model`'s pool."""
         self._retries.labels(model).inc()
+
+    def stream_resumed(self, model: str, outcome: str) -> None:
+        """Count a stream of `model` broken midway: "resumed" on another worker, or "failed"."""
+        self._resumes.labels(model, outcome).inc()
 
     def ejected(self, model: str, worker: str) -> None:
         """Count `worker` taken out of rotation."""

@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,10 +36,15 @@ class Pool:
         *,
         panic: bool = False,
         affinity: "Affinity | None" = None,
+        accept: Callable[[Worker], bool] | None = None,
     ) -> list[Worker]:
-        """Return the workers to try for `op`, in order; empty when none is available."""
+        """Return the workers to try for `op`, in order; empty when none is available.
+        `accept`, when given, narrows them further (a resumed stream's: not the worker that
+        failed it, and only workers that can continue an answer)."""
         now = time.monotonic()
         workers = self.workers
+        if accept is not None:
+            workers = tuple(w for w in workers if accept(w))
         order = self.balancer.order
         if op == "chat":  # every worker serves chat: the usual case skips the test
             chosen = order(workers, lambda w: w.healthy(now) and w.has_room(), tries, affinity)

@@ -139,10 +139,12 @@ class Stream:
         ejection: Ejection,
         max_line_bytes: int,
         tries: int,
+        translate: bool = False,
     ) -> None:
         self.worker = slot.worker
         self.tries = tries
-        self.passthrough = req.passthrough
+        # The worker's own stream goes on as bytes, unless `translate` asks for its events.
+        self.passthrough = req.passthrough and not translate
         self._slot = slot
         self._req = req
         self._response = response  # None: the worker answered whole, `reply` is all of it
@@ -152,6 +154,7 @@ class Stream:
         self._iter: AsyncIterator[Event | bytes] | None = None
         self._held: list[Event | bytes] = []  # read by `begin`, not yet handed on
         self._tap: UsageTap | None = None  # a passthrough stream's usage, read as it passes
+        self.note: dict[str, Any] | None = None  # what the gateway adds to the last chunk
 
     @property
     def usage(self) -> Usage | None:
@@ -161,6 +164,11 @@ class Stream:
     def estimated_completion(self) -> int:
         """An estimate of a passthrough stream's completion tokens: one per content event."""
         return self._tap.estimate() if self._tap is not None else 0
+
+    @property
+    def first_at(self) -> float | None:
+        """When the first piece of the answer went to the client (None: none has)."""
+        return self._slot.first_at
 
     def generation_s(self) -> float | None:
         """Seconds from the first piece of the answer until now (None: none came)."""

@@ -69,7 +69,7 @@ def connect(
         health_check_interval=15,
         **options,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # owned: closing the client disconnects its connections
 
 
 def _sentinel_master(url: str, tls: bool, options: dict[str, Any]) -> Redis:

@@ -12,6 +12,8 @@ default strategy and has no fallbacks.
     prefix_chars  `prefix` balancing: how much of the prompt's start picks the worker
     max_load_ratio  `prefix` balancing: a worker above this times the mean load spills over
     min_spill_load  `prefix` balancing: ... but never below this many requests in flight
+    resume_streams  a stream whose worker fails midway is continued by another worker
+    resume_tries    how many times one stream may be resumed
 """
 
 import re
@@ -62,6 +64,8 @@ class ModelSettings(BaseModel):
     prefix_chars: Annotated[int, Field(ge=16, le=65_536)] = 1024
     max_load_ratio: Annotated[float, Field(ge=1.0, le=100.0)] = 1.25
     min_spill_load: Annotated[int, Field(ge=0, le=100_000)] = 8
+    resume_streams: bool = False
+    resume_tries: Annotated[int, Field(ge=1, le=5)] = 2
 
     @field_validator("fallbacks")
     @classmethod
@@ -89,6 +93,11 @@ class ModelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _alias_has_no_pool(self) -> "ModelSettings":
+        if self.alias is not None and self.resume_streams:
+            raise ValueError(
+                "an alias has no workers of its own, so resume_streams does not apply to it; "
+                "set it on the models it names"
+            )
         if self.alias is not None and self.balancing is not None:
             raise ValueError(
                 "an alias has no workers of its own, so balancing does not apply to it; "

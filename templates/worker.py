@@ -30,6 +30,11 @@ class Operation:
     streams: Streams  # does the answer come as a stream: never, always, or when asked to
     stream_format: StreamFormat | None
     path: str  # where a passthrough request goes, under the base URL
+    # How the worker continues a partial answer (a stream resumed after another worker
+    # failed midway, gateway/resume.py): the body fields that say "continue the final
+    # assistant message" (empty when a final assistant message, or a longer prompt, is
+    # continued as it is). None: the preset does not declare that the worker can.
+    resume: Mapping[str, Any] | None = None
 
     @property
     def url(self) -> str:
@@ -131,5 +136,6 @@ def compile_worker(
             "on_request" if fmt else "never",
             fmt,
             spec["path"],
+            None if custom else spec.get("resume"),
         )
     return WorkerPlan(data["protocol"], url, operations)

@@ -25,10 +25,20 @@ def answer_words(name: str, prompt: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """A message's text: its content string, or its text parts joined."""
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content or ""
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free port of 127.0.0.1; return its runner and base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 @dataclass
@@ -42,15 +52,15 @@ class Turn:
 
 
 def decide(name: str, messages: list[dict[str, Any]], limit: Any, tools: Any) -> Turn:
-    prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
+    prompt_tokens = sum(len(text_of(m.get("content")).split()) for m in messages)
     last = messages[-1]
     if tools and last.get("role") == "user":
         function = tools[0].get("function", tools[0])
         return Turn([], "tool_calls", prompt_tokens, tool=function["name"])
     if last.get("role") == "tool":
-        pieces = answer_words(name, "tool said " + _text(last.get("content")))
+        pieces = answer_words(name, "tool said " + text_of(last.get("content")))
     else:
-        pieces = answer_words(name, _text(last.get("content")))
+        pieces = answer_words(name, text_of(last.get("content")))
     if isinstance(limit, int) and 0 < limit < len(pieces):
         return Turn(pieces[:limit], "length", prompt_tokens)
     return Turn(pieces, "stop", prompt_tokens)
@@ -83,11 +93,7 @@ class ModelServer:
             app.router.add_post("/api/embed", self._ollama_embed)
         else:
             app.router.add_post("/gen", self._template)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve(app)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -306,7 +312,7 @@ class ModelServer:
             if isinstance(content, list) and content and content[0].get("type") == "tool_result":
                 out.append({"role": "tool", "content": content[0]["content"]})
             else:
-                out.append({"role": m["role"], "content": _text(content)})
+                out.append({"role": m["role"], "content": text_of(content)})
         return out
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
@@ -402,7 +408,7 @@ class ModelServer:
 
     async def _anthropic_count(self, request: web.Request) -> web.Response:
         sent = await self._read(request)
-        words = sum(len(_text(m.get("content")).split()) for m in self._anthropic_messages(sent))
+        words = sum(len(text_of(m.get("content")).split()) for m in self._anthropic_messages(sent))
         return web.json_response({"input_tokens": words})
 
     # A seed-style service with its own JSON: {"ask": ..., "limit": ..., "stream": ...}

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import datetime
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from bench.streams.client import raise_fd_limit
 from bench.streams.rss import fd_limit
 from registry import EmbeddedRedis
 
-PHASES = ("streams", "soak", "processes", "peer")
+PHASES = ("streams", "soak", "processes", "peer", "resume")
 _MIB = 2**20
 
 
@@ -136,6 +137,8 @@ def _run(args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis) -> in
             document["processes"] = _processes(args, procs, redis, direct.url, registered)
     if "peer" in args.phases:
         document["peer"] = _peer(args, procs, redis, pins)
+    if "resume" in args.phases:
+        document["resume"] = _resume(args, procs, redis, pins)
     write_json(args.output, document)
     print(f"\nresults written to {shown(args.output)}")
     return 0
@@ -175,6 +178,41 @@ def _streams(
     procs.stop(gateway.child)
     procs.stop(upstream.child)
     return result
+
+
+def _resume(
+    args: argparse.Namespace, procs: Processes, redis: EmbeddedRedis, pins: phases.Pins
+) -> dict[str, Any]:
+    """What `resume_streams` costs: the same streams with the model's setting off and on,
+    alternated `rounds` times in one gateway; gateway CPU per stream, median of the rounds."""
+    upstream = phases.start_sse_upstream(procs, args.chunks, args.chunk_interval_ms, pins.load)
+    gateway = stack.start_gateway(procs, redis.url, pins.server, name="gateway-resume")
+    url = phases.register_stream_worker(gateway, upstream)
+    count = max(args.streams)
+    ramp_s = 0.0 if args.burst else args.chunks * args.chunk_interval_ms / 1000.0
+    print(
+        f"\nresume: {count} concurrent streams of {args.chunks} chunks, {args.rounds} rounds, "
+        "the model's resume_streams off then on (gateway CPU ms per stream)",
+        flush=True,
+    )
+    rows: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.rounds):
+        for mode in rows:
+            stack.put_model_settings(gateway, phases.STREAM_MODEL, {"resume_streams": mode == "on"})
+            (row,) = phases.measure_streams(
+                procs, gateway, {mode: url}, [count], args.stream_duration, ramp_s, pins
+            )
+            if row["streams"]:
+                rows[mode].append(1000.0 * row["gateway_cpu_s"] / row["streams"])
+    medians = {mode: statistics.median(values) for mode, values in rows.items() if values}
+    for mode, values in rows.items():
+        spread = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {mode:<4} median {medians.get(mode, 0.0):.2f} ms/stream (rounds: {spread})")
+    if len(medians) == 2 and medians["off"]:
+        print(f"  on/off: {medians['on'] / medians['off']:.2f}x gateway CPU per stream")
+    procs.stop(gateway.child)
+    procs.stop(upstream.child)
+    return {"cpu_ms_per_stream": rows, "median": medians, "streams": count}
 
 
 def _soak_summary(soaked: dict[str, Any]) -> str:

@@ -8,15 +8,24 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.accounting import account
+from gateway.accounting import ACCOUNTANT
 from gateway.affinity import affinity_of
 from gateway.calls import Call
-from gateway.errors import BadRequest, InvalidRequest, NoHealthyWorker, invalid, unknown_model
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidRequest,
+    NoHealthyWorker,
+    invalid,
+    unknown_model,
+)
 from gateway.failover import Answer
 from gateway.fallback import Served
-from gateway.metering import Counts, counts_of_answer
+from gateway.metering import Counts, counts_of_answer, reply_text
 from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
+from gateway.resume import Resuming
+from gateway.router import Router
 from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
 from gateway.tracing import incoming
@@ -100,15 +109,14 @@ async def complete(request: web.Request, model: str, call: Call) -> Answer:
         if usage is None:
             completion = _text_of(worker, call, answer.raw)
     elif answer.reply is not None:
-        reply = answer.reply
-        usage = reply.usage
+        usage = answer.reply.usage
         if usage is None:
-            completion = reply.text
-            if reply.tool_calls:  # no generator made for the usual answer without any
-                completion += "".join(c.arguments for c in reply.tool_calls)
+            completion = reply_text(answer.reply)
     else:
         usage = answer.embeddings.usage if answer.embeddings is not None else None
-    account(request, served.model, worker, usage, call=call, completion=completion)
+    request.app[ACCOUNTANT].account(
+        request[TRACE], served.model, worker, usage, call=call, completion=completion
+    )
     return answer
 
 
@@ -127,10 +135,9 @@ def _text_of(worker: Worker, call: Call, raw: bytes) -> str:
     if isinstance(codec, EmbeddingCodec) or not isinstance(codec, WorkerCodec | TemplateAnswers):
         return ""
     try:
-        reply = codec.answer(raw)
+        return reply_text(codec.answer(raw))
     except ExtractError:
         return ""
-    return reply.text + "".join(c.arguments for c in reply.tool_calls)
 
 
 def find_pool(request: web.Request, model: str) -> Pool:
@@ -139,15 +146,27 @@ def find_pool(request: web.Request, model: str) -> Pool:
     pool = router.pool(model)
     if pool is not None:
         return pool
+    raise _nowhere(router, model)
+
+
+def check_model(request: web.Request, model: str) -> None:
+    """Raise 404 / 503 unless a call for `model` has somewhere to go: its own pool, an
+    alias, fallbacks (for work that is accepted before it is dispatched: a run)."""
+    router = request.app[ROUTER]
+    if not router.knows(model):
+        raise _nowhere(router, model)
+
+
+def _nowhere(router: Router, model: str) -> GatewayError:
     if not router.loaded:
-        raise NoHealthyWorker(
+        return NoHealthyWorker(
             f"the registry is not loaded yet ({router.reason}); retry shortly",
             headers={"Retry-After": "1"},
         )
-    raise unknown_model(model, router.models())
+    return unknown_model(model, router.models())
 
 
-async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream]:
+async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream | Resuming]:
     """Start a streamed answer for `call` from `model` (or what stands in for it)."""
     note_model(request, model)
     _trace(request, call)
@@ -174,7 +193,11 @@ async def answer(
 
 
 async def relay(
-    request: web.Request, stream: Stream, encoder: StreamEncoder, *, call: Call | None = None
+    request: web.Request,
+    stream: Stream | Resuming,
+    encoder: StreamEncoder,
+    *,
+    call: Call | None = None,
 ) -> web.StreamResponse:
     """Send `stream` to the client as it arrives; end with an error event if the worker dies.
 
@@ -201,7 +224,7 @@ async def relay(
     try:
         await response.prepare(request)  # a StreamResponse sends its head at once
         try:
-            if direct and transport is not None:
+            if direct and transport is not None and isinstance(stream, Stream):
                 await stream.forward(_ChunkedSink(transport))
             else:
                 event = encoder.event
@@ -219,6 +242,7 @@ async def relay(
                     if data:
                         await response.write(data)
                 if not stream.passthrough:
+                    encoder.note = stream.note
                     await response.write(encoder.end())
         except StreamBroken as exc:
             await response.write(encoder.error(str(exc)))
@@ -234,8 +258,8 @@ async def relay(
         else:
             completion = "".join(text)
         worker = stream.worker
-        account(
-            request,
+        request.app[ACCOUNTANT].account(
+            request[TRACE],
             worker.record.model_name,
             worker,
             usage,

@@ -10,11 +10,12 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from gateway.affinity import SESSION_HEADER
+from gateway.auth import API_KEY
 from gateway.endpoints import Routes
 from gateway.errors import InvalidRequest
-from gateway.observe import REQUEST_ID
-from gateway.pool import Pool
-from gateway.routes._common import find_pool, json_response, parse
+from gateway.observe import TRACE, Trace
+from gateway.routes._common import check_model, json_response, parse
 from gateway.routes.assistants import (
     Metadata,
     NewMessage,
@@ -30,7 +31,7 @@ from gateway.routes.assistants import (
     store,
 )
 from gateway.run_shapes import now
-from gateway.runs import POLL_AFTER_MS
+from gateway.runs import POLL_AFTER_MS, Origin
 from gateway.state import RUNS
 from registry import ACTIVE, RunRecord, new_id
 
@@ -76,7 +77,7 @@ async def create_run(request: web.Request) -> web.StreamResponse:
     await states.thread(who, thread_id)
     tools = check_tools(body.tools if body.tools is not None else assistant.tools)
     model = body.model or assistant.model
-    pool = find_pool(request, model)
+    check_model(request, model)  # an alias or a fallback answers for it as for a chat
     instructions = body.instructions if body.instructions is not None else assistant.instructions
     if body.additional_instructions:
         instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
@@ -102,17 +103,26 @@ async def create_run(request: web.Request) -> web.StreamResponse:
         for i, m in enumerate(body.additional_messages or ())
     ]
     await states.start_run(who, run, added, deadline_s=runner.deadline_s)
-    return await _go(request, who, run, pool, stream=body.stream)
+    return await _go(request, who, run, stream=body.stream)
 
 
 async def _go(
-    request: web.Request, who: str, run: RunRecord, pool: Pool, *, stream: bool
+    request: web.Request, who: str, run: RunRecord, *, stream: bool
 ) -> web.StreamResponse:
-    """Run the queued `run`: streamed in this request, or as a task (answered at once)."""
+    """Run the queued `run`: streamed in this request, or as a task (answered at once).
+
+    The key's limits were checked before this request was let in (gateway/auth.py). A
+    streamed run is accounted to the request and charged when it ends, as a chat stream is; a
+    task outlives its request, so it is accounted to a trace of its own with the request's id
+    and key, and charges a metered key itself (gateway/runs.py).
+    """
     runner = request.app[RUNS]
+    trace = request[TRACE]
+    session = request.headers.get(SESSION_HEADER) or run.thread_id
     if stream:
-        return await runner.stream(request, who, run, pool, request[REQUEST_ID])
-    runner.start(who, run, pool, request[REQUEST_ID])
+        return await runner.stream(request, who, run, Origin(trace, None, session))
+    own = Trace(trace.request_id, key_id=trace.key_id, metered=trace.metered)
+    runner.start(who, run, Origin(own, request.get(API_KEY), session))
     return json_response(run.public())
 
 
@@ -150,7 +160,7 @@ async def submit_tool_outputs(request: web.Request) -> web.StreamResponse:
             f"give one output for each of the run's tool calls, {waiting}, all at once "
             f"(given: {given})"
         )
-    pool = find_pool(request, run.model)
+    check_model(request, run.model)
     last = {**run.tool_rounds[-1], "outputs": [out.model_dump() for out in body.tool_outputs]}
     run = run.model_copy(
         update={
@@ -161,7 +171,7 @@ async def submit_tool_outputs(request: web.Request) -> web.StreamResponse:
         }
     )
     await states.update_run(who, run, thread=runner.deadline_s, expect="requires_action")
-    return await _go(request, who, run, pool, stream=body.stream)
+    return await _go(request, who, run, stream=body.stream)
 
 
 @routes.get("/v1/threads/{thread_id}/runs", access="inference")

@@ -13,6 +13,13 @@ class StreamEncoder:
     """Encodes a translated answer's events in a client's protocol, one event at a time."""
 
     content_type: str
+    # What the gateway says about the stream in its last chunk, under "gateway" (a resumed
+    # stream: {"resumed": 1}); set before `end`.
+    note: dict[str, Any] | None = None
+
+    def noted(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """`doc` (the stream's last document) with the gateway's note, when there is one."""
+        return doc if self.note is None else {**doc, "gateway": self.note}
 
     def event(self, event: Event) -> bytes:
         """The bytes for one event (possibly none: some are held for the end)."""

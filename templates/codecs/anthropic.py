@@ -442,7 +442,8 @@ class MessagesStream(StreamEncoder):
         out = self._start() + self._close_block()
         delta = {"stop_reason": stop_reason(self._finish, self._tools), "stop_sequence": None}
         usage = _usage_json(self._usage) if self._usage is not None else {"output_tokens": 0}
-        out += _event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+        last = {"type": "message_delta", "delta": delta, "usage": usage}
+        out += _event("message_delta", self.noted(last))
         return out + _event("message_stop", {"type": "message_stop"})
 
     def error(self, message: str) -> bytes:

@@ -390,7 +390,7 @@ class OllamaStream(StreamEncoder):
         )
         if self._kind == "chat":
             last["message"] = {"role": "assistant", "content": ""}
-        return out + orjson.dumps(last) + b"\n"
+        return out + orjson.dumps(self.noted(last)) + b"\n"
 
     def error(self, message: str) -> bytes:
         return orjson.dumps({"error": message}) + b"\n"

@@ -374,7 +374,8 @@ class ChatStream(StreamEncoder):
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return sse({**self._head, "choices": [choice]})
+        doc = {**self._head, "choices": [choice]}
+        return sse(self.noted(doc) if finish is not None else doc)
 
     def _start(self) -> bytes:
         if self._started:

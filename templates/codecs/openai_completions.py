@@ -112,7 +112,7 @@ class CompletionStream(StreamEncoder):
         return b""
 
     def end(self) -> bytes:
-        out = sse(_shape(*self._ids, "", self._finish or "stop"))
+        out = sse(self.noted(_shape(*self._ids, "", self._finish or "stop")))
         if self._include_usage and self._usage is not None:
             ident, created, model = self._ids
             usage = {

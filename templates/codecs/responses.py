@@ -401,7 +401,7 @@ class ResponsesStream(StreamEncoder):
             out += self._event("response.output_item.done", {"output_index": index, "item": item})
         done = self._response("completed", reply)
         kind = "response.incomplete" if done["status"] == "incomplete" else "response.completed"
-        return out + self._event(kind, {"response": done})
+        return out + self._event(kind, self.noted({"response": done}))
 
     def error(self, message: str) -> bytes:
         error = {"code": "server_error", "message": message}

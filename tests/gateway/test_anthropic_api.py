@@ -166,13 +166,15 @@ async def test_an_anthropic_client_authenticates_with_x_api_key(
             assert (await client.post("/api/server/register", json=body)).status_code == 200
             key = (await client.post("/api/server/keys", json={"name": "claude"})).json()
         secret = key.get("key") or key["data"]["key"]
-        good = anthropic.AsyncAnthropic(base_url=gateway.url, api_key=secret, max_retries=0)
-        done = await good.messages.create(model="llama", max_tokens=50, messages=ask())
-        assert done.content[0].text == "".join(answer_words("llama", PROMPT))  # type: ignore[union-attr]
-        bad = anthropic.AsyncAnthropic(base_url=gateway.url, api_key="sk-wrong", max_retries=0)
-        with pytest.raises(anthropic.PermissionDeniedError):
-            await bad.messages.create(model="llama", max_tokens=5, messages=ask())
-        await good.close()
-        await bad.close()
+        async with anthropic.AsyncAnthropic(
+            base_url=gateway.url, api_key=secret, max_retries=0
+        ) as good:
+            done = await good.messages.create(model="llama", max_tokens=50, messages=ask())
+            assert done.content[0].text == "".join(answer_words("llama", PROMPT))  # type: ignore[union-attr]
+        async with anthropic.AsyncAnthropic(
+            base_url=gateway.url, api_key="sk-wrong", max_retries=0
+        ) as bad:
+            with pytest.raises(anthropic.PermissionDeniedError):
+                await bad.messages.create(model="llama", max_tokens=5, messages=ask())
     finally:
         await server.stop()

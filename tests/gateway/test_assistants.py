@@ -3,7 +3,7 @@ messages kept in Redis, runs polled and streamed against an OpenAI-compatible wo
 and a seed-style template worker, ownership by API key, replicas, refusals and limits."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import openai
@@ -183,17 +183,23 @@ class Collect(AsyncAssistantEventHandler):
         self.done.append(text.value)
 
 
+async def stream_run(client: openai.AsyncOpenAI, thread_id: str, assistant_id: str) -> Collect:
+    """Run the thread streamed, through the SDK's event handler; return what it saw."""
+    handler = Collect()
+    async with client.beta.threads.runs.stream(
+        thread_id=thread_id, assistant_id=assistant_id, event_handler=handler
+    ) as stream:
+        await stream.until_done()
+    return handler
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_streamed_run_reaches_the_event_handler(
     client: openai.AsyncOpenAI, fleet: dict[str, ModelServer], kind: str
 ) -> None:
     assistant = await client.beta.assistants.create(model=kind, instructions=INSTRUCTIONS)
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    handler = Collect()
-    async with client.beta.threads.runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=handler
-    ) as stream:
-        await stream.until_done()
+    handler = await stream_run(client, thread.id, assistant.id)
     assert "".join(handler.deltas) == expected(kind)
     assert handler.done == [expected(kind)]
     assert handler.events[:3] == [
@@ -262,18 +268,20 @@ async def test_assistants_of_one_key_are_not_found_by_another(
             thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
         )
         assert run.status == "completed"
-        for attempt in (
-            b.beta.assistants.retrieve(assistant.id),
-            b.beta.threads.retrieve(thread.id),
-            b.beta.threads.messages.list(thread.id),
-            b.beta.threads.messages.create(thread.id, role="user", content="mine now"),
-            b.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
-            b.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id),
-            b.beta.assistants.delete(assistant.id),
-            b.beta.threads.delete(thread.id),
-        ):
+        # Made one at a time: a coroutine left unawaited by a failure would warn in another test.
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            lambda: b.beta.assistants.retrieve(assistant.id),
+            lambda: b.beta.threads.retrieve(thread.id),
+            lambda: b.beta.threads.messages.list(thread.id),
+            lambda: b.beta.threads.messages.create(thread.id, role="user", content="mine now"),
+            lambda: b.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
+            lambda: b.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id),
+            lambda: b.beta.assistants.delete(assistant.id),
+            lambda: b.beta.threads.delete(thread.id),
+        ]
+        for attempt in attempts:
             with pytest.raises(openai.NotFoundError):
-                await attempt
+                await attempt()
         assert (await b.beta.assistants.list()).data == []
         # B's own assistant cannot run A's thread either, nor A's assistant B's thread.
         own = await b.beta.assistants.create(model="openai")
@@ -516,11 +524,7 @@ async def test_function_calls_in_a_streamed_run(
     runs = client.beta.threads.runs
     assistant = await client.beta.assistants.create(model="openai", tools=[WEATHER])
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    first = Collect()
-    async with runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=first
-    ) as stream:
-        await stream.until_done()
+    first = await stream_run(client, thread.id, assistant.id)
     assert first.events[-1] == "thread.run.requires_action" and first.deltas == []
     run = first.current_run
     assert run is not None and run.required_action is not None
@@ -576,11 +580,7 @@ async def test_a_worker_dying_mid_stream_fails_the_run_and_keeps_its_text(
     await register_protocol_worker(gateway, "dying", dying)
     assistant = await client.beta.assistants.create(model="dying")
     thread = await client.beta.threads.create(messages=[{"role": "user", "content": PROMPT}])
-    handler = Collect()
-    async with client.beta.threads.runs.stream(
-        thread_id=thread.id, assistant_id=assistant.id, event_handler=handler
-    ) as stream:
-        await stream.until_done()
+    handler = await stream_run(client, thread.id, assistant.id)
     said = "".join(handler.deltas)
     assert said and "w says tell me a story".startswith(said) and said != "w says tell me a story"
     assert handler.events[-2:] == ["thread.message.incomplete", "thread.run.failed"]

@@ -202,30 +202,32 @@ async def test_context_too_long_falls_back_and_keeps_the_asked_model_name(
             body = {"model_name": model, "preset": "openai", "req_url_template": worker.base_url}
             assert (await http.post("/api/server/register", json=body)).status_code == 200
 
-        client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
-        messages: Any = [{"role": "user", "content": "a long story"}]
-        with pytest.raises(openai.BadRequestError) as refused:
-            await client.chat.completions.create(model="short", messages=messages)
-        assert refused.value.code == "context_length_exceeded"
-        assert "maximum context length is 4096" in refused.value.message
+        async with openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key="x", max_retries=0
+        ) as client:
+            messages: Any = [{"role": "user", "content": "a long story"}]
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model="short", messages=messages)
+            assert refused.value.code == "context_length_exceeded"
+            assert "maximum context length is 4096" in refused.value.message
 
-        await put_model(http, "short", fallbacks=["long"])
-        raw = await client.chat.completions.with_raw_response.create(
-            model="short", messages=messages
-        )
-        answer = raw.parse()
-        assert raw.headers[MODEL_HEADER] == "long"
-        assert answer.model == "short"  # the name the client asked for
-        assert answer.choices[0].message.content == "long says a long story"
+            await put_model(http, "short", fallbacks=["long"])
+            raw = await client.chat.completions.with_raw_response.create(
+                model="short", messages=messages
+            )
+            answer = raw.parse()
+            assert raw.headers[MODEL_HEADER] == "long"
+            assert answer.model == "short"  # the name the client asked for
+            assert answer.choices[0].message.content == "long says a long story"
 
-        stream = await client.chat.completions.with_raw_response.create(
-            model="short", messages=messages, stream=True
-        )
-        assert stream.headers[MODEL_HEADER] == "long"
-        chunks = [chunk async for chunk in stream.parse()]
-        assert {chunk.model for chunk in chunks} == {"short"}
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text == "long says a long story"
+            stream = await client.chat.completions.with_raw_response.create(
+                model="short", messages=messages, stream=True
+            )
+            assert stream.headers[MODEL_HEADER] == "long"
+            chunks = [chunk async for chunk in stream.parse()]
+            assert {chunk.model for chunk in chunks} == {"short"}
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text == "long says a long story"
 
 
 async def test_a_plain_bad_request_is_no_context_error(

@@ -82,15 +82,12 @@ class Clients:
 
 @pytest.fixture
 async def clients(gateway: Gateway) -> AsyncIterator[Clients]:
-    found = Clients(
-        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0),
-        ollama.AsyncClient(host=gateway.url),
-        gateway.client(),
-    )
-    yield found
-    await found.openai.close()
-    await found.ollama.close()
-    await found.http.aclose()
+    async with (  # each closed even if another's closing fails
+        openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0) as oai,
+        ollama.AsyncClient(host=gateway.url) as oll,
+        gateway.client() as http,
+    ):
+        yield Clients(oai, oll, http)
 
 
 @dataclass
@@ -379,12 +376,13 @@ async def test_a_workers_429_is_a_429_with_its_retry_after(gateway: Gateway) -> 
                 assert reply.status_code == 429, reply.text
                 assert reply.headers["Retry-After"] == "7"
                 assert reply.json()["error"]["type"] == "rate_limit_error"
-        oai = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.RateLimitError):
-            await oai.chat.completions.create(
-                model="busy", messages=[{"role": "user", "content": "x"}]
-            )
-        await oai.close()
+        async with openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key="x", max_retries=0
+        ) as oai:
+            with pytest.raises(openai.RateLimitError):
+                await oai.chat.completions.create(
+                    model="busy", messages=[{"role": "user", "content": "x"}]
+                )
     finally:
         await busy.stop()
 

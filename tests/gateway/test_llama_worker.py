@@ -288,18 +288,19 @@ async def test_anthropic_and_responses_clients_get_llama_servers_answer_and_coun
 ) -> None:
     own = await direct_chat(direct, messages=HELLO, **GREEDY)
     text = own["choices"][0]["message"]["content"]
-    claude = anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0)
-    said = await claude.messages.create(
-        model="tiny", max_tokens=MAX_TOKENS, messages=HELLO, extra_body={"temperature": 0.0}
-    )
-    assert said.content[0].text == text  # type: ignore[union-attr]
-    assert said.stop_reason == "max_tokens"
-    assert said.usage.input_tokens == own["usage"]["prompt_tokens"]
-    assert said.usage.output_tokens == own["usage"]["completion_tokens"]
-    async with claude.messages.stream(model="tiny-eos", max_tokens=64, messages=HELLO) as events:
-        final = await events.get_final_message()
+    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="x", max_retries=0) as claude:
+        said = await claude.messages.create(
+            model="tiny", max_tokens=MAX_TOKENS, messages=HELLO, extra_body={"temperature": 0.0}
+        )
+        assert said.content[0].text == text  # type: ignore[union-attr]
+        assert said.stop_reason == "max_tokens"
+        assert said.usage.input_tokens == own["usage"]["prompt_tokens"]
+        assert said.usage.output_tokens == own["usage"]["completion_tokens"]
+        async with claude.messages.stream(
+            model="tiny-eos", max_tokens=64, messages=HELLO
+        ) as events:
+            final = await events.get_final_message()
     assert final.stop_reason == "end_turn"
-    await claude.close()
 
     async with async_client(gateway) as sdk:
         answered = await sdk.responses.create(

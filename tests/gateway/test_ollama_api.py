@@ -23,17 +23,16 @@ async def sdk(gateway: Gateway) -> AsyncIterator[ollama.AsyncClient]:
 
 async def test_sync_client_chats_with_every_kind_of_worker(gateway: Gateway) -> None:
     def run() -> tuple[dict[str, str], dict[str, str]]:
-        sdk = ollama.Client(host=gateway.url)
         whole, streamed = {}, {}
-        for model in EXPECTED:
-            reply = sdk.chat(model=model, messages=[{"role": "user", "content": "hello there"}])
-            assert reply.model == model and reply.done
-            whole[model] = reply.message.content or ""
-            parts = sdk.chat(
-                model=model, messages=[{"role": "user", "content": "hello there"}], stream=True
-            )
-            streamed[model] = "".join(part.message.content or "" for part in parts)
-        sdk.close()
+        with ollama.Client(host=gateway.url) as sdk:
+            for model in EXPECTED:
+                reply = sdk.chat(model=model, messages=[{"role": "user", "content": "hello there"}])
+                assert reply.model == model and reply.done
+                whole[model] = reply.message.content or ""
+                parts = sdk.chat(
+                    model=model, messages=[{"role": "user", "content": "hello there"}], stream=True
+                )
+                streamed[model] = "".join(part.message.content or "" for part in parts)
         return whole, streamed
 
     whole, streamed = await asyncio.to_thread(run)

@@ -67,29 +67,31 @@ async def test_a_conversation_continues_through_another_gateway_process(
     first, second = await make_gateway(), await make_gateway()
     servers = await start_fleet(first, ("ollama",))
     try:
-        one = openai.AsyncOpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0)
-        two = openai.AsyncOpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0)
-        opening = await one.responses.create(
-            model="ollama", input="my name is Ada", instructions="sys"
-        )
-        await first.runner.cleanup()  # the first process is gone; its conversation is not
-        follow = await two.responses.create(
-            model="ollama", input="what is my name", previous_response_id=opening.id
-        )
-        assert follow.output_text == "".join(answer_words("ollama", "what is my name"))
-        sent = servers["ollama"].last["messages"]
-        assert [m["role"] for m in sent] == ["user", "assistant", "user"]
-        assert sent[0]["content"] == "my name is Ada"
-        assert sent[1]["content"] == "".join(answer_words("ollama", "my name is Ada"))
-        items = await two.responses.input_items.list(follow.id)
-        assert [i.content[0].text for i in items.data] == ["what is my name"]  # type: ignore[union-attr]
-        await two.responses.delete(opening.id)
-        with pytest.raises(openai.NotFoundError):
-            await two.responses.retrieve(opening.id)
-        with pytest.raises(openai.NotFoundError):
-            await two.responses.create(model="ollama", input="x", previous_response_id=opening.id)
-        await one.close()
-        await two.close()
+        async with (
+            openai.AsyncOpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0) as one,
+            openai.AsyncOpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0) as two,
+        ):
+            opening = await one.responses.create(
+                model="ollama", input="my name is Ada", instructions="sys"
+            )
+            await first.runner.cleanup()  # the first process is gone; its conversation is not
+            follow = await two.responses.create(
+                model="ollama", input="what is my name", previous_response_id=opening.id
+            )
+            assert follow.output_text == "".join(answer_words("ollama", "what is my name"))
+            sent = servers["ollama"].last["messages"]
+            assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+            assert sent[0]["content"] == "my name is Ada"
+            assert sent[1]["content"] == "".join(answer_words("ollama", "my name is Ada"))
+            items = await two.responses.input_items.list(follow.id)
+            assert [i.content[0].text for i in items.data] == ["what is my name"]  # type: ignore[union-attr]
+            await two.responses.delete(opening.id)
+            with pytest.raises(openai.NotFoundError):
+                await two.responses.retrieve(opening.id)
+            with pytest.raises(openai.NotFoundError):
+                await two.responses.create(
+                    model="ollama", input="x", previous_response_id=opening.id
+                )
     finally:
         for server in servers.values():
             await server.stop()
@@ -138,16 +140,17 @@ async def test_a_stored_response_belongs_to_the_key_that_made_it(
             for name in ("a", "b"):
                 made = (await admin.post("/api/server/keys", json={"name": name})).json()
                 keys.append(made.get("key") or made["data"]["key"])
-        alice = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=keys[0], max_retries=0)
-        bob = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=keys[1], max_retries=0)
-        mine = await alice.responses.create(model="llama", input=PROMPT)
-        assert (await alice.responses.retrieve(mine.id)).id == mine.id
-        with pytest.raises(openai.NotFoundError):
-            await bob.responses.retrieve(mine.id)
-        with pytest.raises(openai.NotFoundError):
-            await bob.responses.create(model="llama", input="x", previous_response_id=mine.id)
-        await alice.close()
-        await bob.close()
+        url = f"{gateway.url}/v1"
+        async with (
+            openai.AsyncOpenAI(base_url=url, api_key=keys[0], max_retries=0) as alice,
+            openai.AsyncOpenAI(base_url=url, api_key=keys[1], max_retries=0) as bob,
+        ):
+            mine = await alice.responses.create(model="llama", input=PROMPT)
+            assert (await alice.responses.retrieve(mine.id)).id == mine.id
+            with pytest.raises(openai.NotFoundError):
+                await bob.responses.retrieve(mine.id)
+            with pytest.raises(openai.NotFoundError):
+                await bob.responses.create(model="llama", input="x", previous_response_id=mine.id)
     finally:
         await server.stop()
         assert servers == {}

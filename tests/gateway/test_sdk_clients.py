@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import pytest
 
@@ -72,24 +73,33 @@ async def test_langchain_reads_usage_and_streams_from_a_translated_worker(
 ) -> None:
     from langchain_openai import ChatOpenAI
 
-    chat = ChatOpenAI(base_url=f"{gateway.url}/v1", api_key="unused", model="llama", max_retries=0)  # type: ignore[call-arg]
-    reply = await chat.ainvoke("tell me a story")
-    assert reply.content == "".join(answer_words("llama", "tell me a story"))
-    usage: Any = reply.usage_metadata
-    assert usage is not None
-    assert (usage["input_tokens"], usage["output_tokens"]) == (4, 6)
-    assert reply.response_metadata["finish_reason"] == "stop"
+    # Its own connection pool, closed with the test (LangChain would keep a cached one open).
+    async with openai.DefaultAsyncHttpxClient() as http:
+        chat = ChatOpenAI(
+            base_url=f"{gateway.url}/v1",
+            api_key="unused",
+            model="llama",
+            max_retries=0,
+            http_async_client=http,
+        )  # type: ignore[call-arg]
+        reply = await chat.ainvoke("tell me a story")
+        assert reply.content == "".join(answer_words("llama", "tell me a story"))
+        usage: Any = reply.usage_metadata
+        assert usage is not None
+        assert (usage["input_tokens"], usage["output_tokens"]) == (4, 6)
+        assert reply.response_metadata["finish_reason"] == "stop"
 
-    streaming = ChatOpenAI(
-        base_url=f"{gateway.url}/v1",
-        api_key="unused",
-        model="llama",
-        max_retries=0,
-        stream_usage=True,
-    )  # type: ignore[call-arg]
-    pieces = [piece async for piece in streaming.astream("tell me a story")]
-    assert "".join(str(p.content) for p in pieces) == "".join(
-        answer_words("llama", "tell me a story")
-    )
+        streaming = ChatOpenAI(
+            base_url=f"{gateway.url}/v1",
+            api_key="unused",
+            model="llama",
+            max_retries=0,
+            stream_usage=True,
+            http_async_client=http,
+        )  # type: ignore[call-arg]
+        pieces = [piece async for piece in streaming.astream("tell me a story")]
+        assert "".join(str(p.content) for p in pieces) == "".join(
+            answer_words("llama", "tell me a story")
+        )
     streamed_usage = [p.usage_metadata for p in pieces if p.usage_metadata]
     assert streamed_usage and streamed_usage[-1]["output_tokens"] == 6

@@ -42,6 +42,7 @@ class LlamaServer:
     model_path: Path
     log_path: Path
     started_s: float  # from spawn to a 200 on /health
+    pid: int = 0  # the server's process
 
     @property
     def openai_url(self) -> str:
@@ -89,9 +90,17 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> No
     raise RuntimeError(f"llama-server not healthy in {START_TIMEOUT_S:g}s:\n{_tail(log_path)}")
 
 
-def _serve(root: Path, *, ends_by_itself: bool) -> Iterator[LlamaServer]:
+def _serve(
+    root: Path,
+    *,
+    ends_by_itself: bool,
+    seed: int = 0,
+    slots: int = SLOTS,
+    context: int = CONTEXT,
+) -> Iterator[LlamaServer]:
     binary = require_binary()
-    model_path = write_model(root / "tiny.gguf", eos_after="m" if ends_by_itself else None)
+    eos_after = "m" if ends_by_itself else None
+    model_path = write_model(root / "tiny.gguf", seed=seed, eos_after=eos_after)
     log_path = root / "llama-server.log"
     # Another process may take the port between this probe and the bind; the start then
     # fails loudly with the server's own log, which is rare enough not to retry.
@@ -99,7 +108,7 @@ def _serve(root: Path, *, ends_by_itself: bool) -> Iterator[LlamaServer]:
     command = [
         str(binary),
         *("-m", str(model_path), "-a", MODEL, "--host", "127.0.0.1", "--port", str(port)),
-        *("-c", str(CONTEXT), "-np", str(SLOTS), "-t", "1"),
+        *("-c", str(context), "-np", str(slots), "-t", "1"),
         *("--embeddings", "--metrics", "--no-webui"),
     ]
     with log_path.open("wb") as log:
@@ -115,6 +124,7 @@ def _serve(root: Path, *, ends_by_itself: bool) -> Iterator[LlamaServer]:
             model_path=model_path,
             log_path=log_path,
             started_s=time.monotonic() - started,
+            pid=proc.pid,
         )
     finally:
         proc.terminate()
@@ -135,6 +145,33 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
 def llama_server_eos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """A llama-server whose model ends a greedy answer after a few tokens ("stop")."""
     yield from _serve(tmp_path_factory.mktemp("llama-eos"), ends_by_itself=True)
+
+
+# The model for streams resumed on another server: seed 1 answers in a cycle of nine letters
+# ("btqwnfjeg..."), so text sent twice or left out at a cut shows (seed 0 answers "mmmm...").
+# Each slot holds 4,096 tokens, so an answer can be long enough to kill its server midway.
+STORY_SEED = 1
+STORY_SLOTS = 2
+STORY_CONTEXT = 8192
+
+
+def story_server(root: Path) -> Iterator[LlamaServer]:
+    """A llama-server for resumed streams (its own process, for a test that kills it)."""
+    return _serve(
+        root, ends_by_itself=False, seed=STORY_SEED, slots=STORY_SLOTS, context=STORY_CONTEXT
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_story_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaServer]]:
+    """Two llama-servers with the same model (`story_server`), for streams moved between them."""
+    first = story_server(tmp_path_factory.mktemp("llama-story-a"))
+    second = story_server(tmp_path_factory.mktemp("llama-story-b"))
+    try:
+        yield [next(first), next(second)]
+    finally:
+        first.close()
+        second.close()
 
 
 def context_overflow_prompt() -> str:
