@@ -272,3 +272,21 @@ def test_fixed_url_and_headers_are_the_same_for_every_request_and_never_shared()
     assert plan.names == {"MODEL_NAME", "USER_PROMPT"}
     rendered = plan.render({"USER_PROMPT": "hi\nthere", "MODEL_NAME": "m"})
     assert rendered.url == "http://w/m" and rendered.headers["X-P"] == "hi there"
+
+
+def test_template_values_leave_out_only_what_the_template_does_not_use() -> None:
+    from templates.codecs.template import values
+    from templates.conversation import Conversation, Message, Params
+
+    conv = Conversation((Message("system", "be brief"), Message("user", "hi")), Params())
+    plan = compile_request("POST", "http://w/x", {}, {"input": "{USER_PROMPT}"})
+    assert plan.body is not None
+    used = values(conv, plan.names)
+    assert "MESSAGES" not in used and "SYSTEM_PROMPT" not in used
+    assert plan.body.render(used) == plan.body.render(values(conv)) == b'{"input":"hi"}'
+    everything = values(conv)
+    assert everything["SYSTEM_PROMPT"] == "be brief"
+    assert everything["MESSAGES"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
