@@ -119,7 +119,7 @@ def prepare(worker: Worker, call: Call) -> WorkerRequest:
                 "body has no place for them; call it without tools, or register an openai or "
                 "ollama preset worker for tool use"
             )
-        values = template_values(conv)
+        values = template_values(conv, op.plan.names)
         values[MODEL_NAME] = served
         values[STREAM] = streamed
         http = op.plan.render(values)
