@@ -40,7 +40,6 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
     WorkerRateLimited,
-    unknown_model,
 )
 from gateway.failover import Answer, Failover
 from gateway.pool import Pool
@@ -169,12 +168,7 @@ class Dispatcher:
         pool = router.pool(model)
         if pool is not None:
             return pool
-        if not router.loaded:
-            raise NoHealthyWorker(
-                f"the registry is not loaded yet ({router.reason}); retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        raise unknown_model(model, router.models())
+        raise router.nowhere(model)
 
     def _arm(self, alias: str, settings: ModelSettings | None, affinity: Affinity | None) -> str:
         """Choose the model an alias sends this request to."""

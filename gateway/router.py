@@ -24,6 +24,7 @@ from gateway.balancing import (
     SmoothWeighted,
     Strategy,
 )
+from gateway.errors import GatewayError, NoHealthyWorker, unknown_model
 from gateway.pool import Pool
 from gateway.worker import Worker
 from registry import Change, Health, ModelRecord, ModelSettings, WorkerRecord
@@ -67,6 +68,16 @@ class Router:
     def knows(self, model: str) -> bool:
         """Whether a request for `model` has somewhere to go (its metrics label is its own)."""
         return model in self._pools or self._answers(model)
+
+    def nowhere(self, model: str) -> GatewayError:
+        """The error for a call for `model` that has nowhere to go: 503 while the registry is
+        not loaded, else 404 naming the closest models."""
+        if not self.loaded:
+            return NoHealthyWorker(
+                f"the registry is not loaded yet ({self.reason}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        return unknown_model(model, self.models())
 
     def _answers(self, model: str) -> bool:
         settings = self.settings_of(model)

@@ -129,6 +129,8 @@ def events_of(reply: Reply) -> list[Event]:
 class Stream:
     """An open streamed answer: iterate for events (translated) or the worker's own bytes."""
 
+    note: dict[str, Any] | None = None  # what the gateway adds to the last chunk (none here)
+
     def __init__(
         self,
         slot: Slot,
@@ -154,7 +156,6 @@ class Stream:
         self._iter: AsyncIterator[Event | bytes] | None = None
         self._held: list[Event | bytes] = []  # read by `begin`, not yet handed on
         self._tap: UsageTap | None = None  # a passthrough stream's usage, read as it passes
-        self.note: dict[str, Any] | None = None  # what the gateway adds to the last chunk
 
     @property
     def usage(self) -> Usage | None:

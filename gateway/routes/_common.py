@@ -13,11 +13,8 @@ from gateway.affinity import affinity_of
 from gateway.calls import Call
 from gateway.errors import (
     BadRequest,
-    GatewayError,
     InvalidRequest,
-    NoHealthyWorker,
     invalid,
-    unknown_model,
 )
 from gateway.failover import Answer
 from gateway.fallback import Served
@@ -25,7 +22,6 @@ from gateway.metering import Counts, counts_of_answer, reply_text
 from gateway.observe import TRACE, note_model, note_served, note_worker
 from gateway.pool import Pool
 from gateway.resume import Resuming
-from gateway.router import Router
 from gateway.state import DISPATCHER, ROUTER
 from gateway.stream import Stream, StreamBroken
 from gateway.tracing import incoming
@@ -146,7 +142,7 @@ def find_pool(request: web.Request, model: str) -> Pool:
     pool = router.pool(model)
     if pool is not None:
         return pool
-    raise _nowhere(router, model)
+    raise router.nowhere(model)
 
 
 def check_model(request: web.Request, model: str) -> None:
@@ -154,16 +150,7 @@ def check_model(request: web.Request, model: str) -> None:
     alias, fallbacks (for work that is accepted before it is dispatched: a run)."""
     router = request.app[ROUTER]
     if not router.knows(model):
-        raise _nowhere(router, model)
-
-
-def _nowhere(router: Router, model: str) -> GatewayError:
-    if not router.loaded:
-        return NoHealthyWorker(
-            f"the registry is not loaded yet ({router.reason}); retry shortly",
-            headers={"Retry-After": "1"},
-        )
-    return unknown_model(model, router.models())
+        raise router.nowhere(model)
 
 
 async def open_stream(request: web.Request, model: str, call: Call) -> Served[Stream | Resuming]:
